@@ -1,0 +1,49 @@
+# SmartSpec developer commands. `make help` lists them.
+# Everything runs in a project virtualenv (.venv) built from pyproject.toml + constraints.txt.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv lint typecheck contracts crds verify unit test demo clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,dev,kind]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create or refresh the virtualenv
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy --strict with the pydantic plugin
+	$(BIN)/mypy
+
+contracts: $(STAMP) ## import-linter: pure layers stay free of I/O libraries
+	$(BIN)/lint-imports
+
+crds: $(STAMP) ## regenerate crds/ from the resource types
+	$(BIN)/smartspec crds
+
+verify: lint typecheck contracts $(STAMP) ## every static check, and crds/ is current
+	$(BIN)/smartspec crds --check
+
+unit: $(STAMP) ## unit tests only (no cluster)
+	$(BIN)/pytest tests/unit
+
+test: verify ## static checks, then the whole test suite
+	$(BIN)/pytest
+
+demo: $(STAMP) ## walk through the example scenario
+	$(BIN)/smartspec demo
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -1,0 +1,415 @@
+"""The `GenerationRun` resource: one execution that turns a pinned Spec revision into tested code.
+
+Contract: specs/CORE-001-resources.md, section "GenerationRun".
+
+A run is an execution record, so its spec is immutable once created except `suspend`: what
+ran must always be what the object says. Temperature is an integer in thousandths
+(`temperatureMilli`), following the Kubernetes rule that spec fields never hold floats
+(floats do not round-trip exactly, and runs must be reproducible).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from .common import (
+    AGE_COLUMN,
+    CONDITIONS_LIST_SCHEMA,
+    QUANTITY_PATTERN,
+    AwareDatetime,
+    CelRule,
+    Condition,
+    ContentHash,
+    Credits,
+    LocalObjectReference,
+    PrinterColumn,
+    Resource,
+    ResourceName,
+    WireModel,
+)
+
+KIND = "GenerationRun"
+PLURAL = "generationruns"
+MAX_ATTEMPTS = 10
+MAX_TOKENS = 1_000_000
+DEFAULT_BUDGET_NAME = "default"
+
+
+class ConditionType(StrEnum):
+    """Condition types a GenerationRun reports."""
+
+    ADMITTED = "Admitted"
+    """Spec Ready (and Approved unless allowDraft), budget available, model allowed."""
+    GENERATED = "Generated"
+    """The current attempt's generator Job finished and its artifacts are stored."""
+    TESTED = "Tested"
+    """The current attempt's test Job finished and its report is stored."""
+    SUCCEEDED = "Succeeded"
+    """Terminal: True when generated tests ran and passed, False when the run failed."""
+
+
+class Reason(StrEnum):
+    """Reasons of GenerationRun conditions (PascalCase, stable)."""
+
+    ADMITTED = "Admitted"
+    SPEC_NOT_FOUND = "SpecNotFound"
+    SPEC_NOT_READY = "SpecNotReady"
+    SPEC_NOT_APPROVED = "SpecNotApproved"
+    SPEC_DEPRECATED = "SpecDeprecated"
+    SPEC_HASH_MISMATCH = "SpecHashMismatch"
+    BUDGET_NOT_FOUND = "BudgetNotFound"
+    BUDGET_EXHAUSTED = "BudgetExhausted"
+    MODEL_NOT_ALLOWED = "ModelNotAllowed"
+    GENERATING = "Generating"
+    GENERATED = "Generated"
+    GENERATION_FAILED = "GenerationFailed"
+    TESTING = "Testing"
+    TESTS_PASSED = "TestsPassed"
+    TESTS_FAILED = "TestsFailed"
+    ATTEMPTS_EXHAUSTED = "AttemptsExhausted"
+    ATTEMPT_TIMEOUT = "AttemptTimeout"
+    RUN_TIMEOUT = "RunTimeout"
+    SUSPENDED = "Suspended"
+    SECRET_DETECTED = "SecretDetected"  # noqa: S105 (a reason name, not a secret)
+
+
+class Phase(StrEnum):
+    """One-word summary for printer columns; conditions carry the detail."""
+
+    PENDING = "Pending"
+    GENERATING = "Generating"
+    TESTING = "Testing"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class Backend(StrEnum):
+    """Which generator writes the code."""
+
+    LLM = "llm"
+    """A model called through the SmartSpec LLM gateway."""
+    BUILTIN = "builtin"
+    """A deterministic generator for entity/endpoint specs; no model, zero credits."""
+
+
+class SpecReference(WireModel):
+    """The Spec a run builds from, optionally pinned to one content hash."""
+
+    name: ResourceName
+    """Name of the Spec in the run's namespace."""
+    content_hash: ContentHash | None = None
+    """Pin: build only from the revision with this content hash (sha256:<hex>)."""
+
+
+class GeneratorSettings(WireModel):
+    """How code is generated."""
+
+    backend: Backend = Backend.LLM
+    """llm (through the gateway) or builtin (deterministic, no model)."""
+    model: str | None = Field(default=None, min_length=1, max_length=128)
+    """Model name as the gateway knows it; required for the llm backend."""
+    temperature_milli: int = Field(default=0, ge=0, le=2000, strict=True)
+    """Sampling temperature in thousandths (200 means 0.2); 0 for the most repeatable output."""
+    max_tokens: int = Field(default=4096, ge=1, le=MAX_TOKENS, strict=True)
+    """Upper bound of completion tokens for each model call."""
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
+    """Sampling seed passed to providers that support one."""
+
+    CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.backend != 'llm' || has(self.model)",
+            message="generator.model is required when generator.backend is llm",
+            field_path=".model",
+            reason="FieldValueRequired",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _llm_needs_model(self) -> GeneratorSettings:
+        if self.backend is Backend.LLM and self.model is None:
+            raise ValueError("generator.model is required when generator.backend is llm")
+        return self
+
+
+class Timeouts(WireModel):
+    """Wall-clock limits; exceeding one fails the attempt or the run with a reason."""
+
+    attempt_seconds: int = Field(default=1800, ge=60, le=86400, strict=True)
+    """Limit for one attempt (generation plus tests)."""
+    total_seconds: int = Field(default=7200, ge=60, le=7 * 86400, strict=True)
+    """Limit for the whole run, all attempts included."""
+
+    CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.attemptSeconds <= self.totalSeconds",
+            message="timeouts.attemptSeconds must not exceed timeouts.totalSeconds",
+            field_path=".attemptSeconds",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _attempt_fits_total(self) -> Timeouts:
+        if self.attempt_seconds > self.total_seconds:
+            raise ValueError("timeouts.attemptSeconds must not exceed timeouts.totalSeconds")
+        return self
+
+
+Quantity = Annotated[str, Field(max_length=64, pattern=QUANTITY_PATTERN)]
+
+
+class ResourceList(WireModel):
+    """CPU and memory quantities, as in a container's resources."""
+
+    cpu: Quantity | None = None
+    """CPU quantity, e.g. 500m or 2."""
+    memory: Quantity | None = None
+    """Memory quantity, e.g. 512Mi."""
+
+
+class ResourceRequirements(WireModel):
+    """Requests and limits for a sandbox container."""
+
+    requests: ResourceList | None = None
+    """Guaranteed resources."""
+    limits: ResourceList | None = None
+    """Hard caps."""
+
+
+class SandboxOverrides(WireModel):
+    """Per-run changes to the sandbox Jobs; the operator's defaults apply otherwise."""
+
+    runtime_class_name: str | None = Field(
+        default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+    )
+    """RuntimeClass for stronger isolation, e.g. gvisor or kata."""
+    generator_resources: ResourceRequirements | None = None
+    """Resources of the generator container."""
+    tester_resources: ResourceRequirements | None = None
+    """Resources of the tester container."""
+
+
+class GenerationRunSpec(WireModel):
+    """What to run. Immutable after creation except suspend."""
+
+    spec_ref: SpecReference
+    """The Spec to build from, optionally pinned to a content hash."""
+    generator: GeneratorSettings
+    """Backend, model and sampling settings."""
+    budget_ref: LocalObjectReference = LocalObjectReference(name=DEFAULT_BUDGET_NAME)
+    """CreditBudget in the run's namespace that pays for the model calls (default: default)."""
+    max_credits: Credits | None = None
+    """Cap on this run's credits; admission refuses a cap above the budget's perRunLimit."""
+    max_attempts: int = Field(default=3, ge=1, le=MAX_ATTEMPTS, strict=True)
+    """Attempts (generate, then test) before the run fails; failures feed the next attempt."""
+    timeouts: Timeouts = Timeouts()
+    """Per-attempt and total wall-clock limits."""
+    sandbox: SandboxOverrides | None = None
+    """RuntimeClass and resources for the sandbox Jobs."""
+    replay_of: LocalObjectReference | None = None
+    """Replay this earlier run from its stored transcripts, calling no provider."""
+    allow_draft: bool = False
+    """Admit a Spec that is still Draft (for trying a spec out before approval)."""
+    suspend: bool = False
+    """Pause: no new Job starts while true; the only field that may change after creation."""
+
+
+def _immutable_rule(wire_name: str, always_present: bool) -> CelRule:
+    if always_present:
+        rule = f"self.{wire_name} == oldSelf.{wire_name}"
+    else:
+        rule = (
+            f"has(self.{wire_name}) == has(oldSelf.{wire_name}) && "
+            f"(!has(self.{wire_name}) || self.{wire_name} == oldSelf.{wire_name})"
+        )
+    return CelRule(
+        rule=rule,
+        message=f"spec.{wire_name} is immutable once the run exists; create a new run",
+        field_path=f".{wire_name}",
+        reason="FieldValueForbidden",
+    )
+
+
+# Everything but suspend is pinned at creation. Fields with a schema default are always
+# present after API-server defaulting, so a plain equality is enough for them.
+GenerationRunSpec.CEL_RULES = tuple(
+    _immutable_rule(
+        field.alias or name, always_present=field.is_required() or field.default is not None
+    )
+    for name, field in GenerationRunSpec.model_fields.items()
+    if name != "suspend"
+)
+
+
+class AttemptResult(StrEnum):
+    """Outcome of one attempt."""
+
+    RUNNING = "Running"
+    PASSED = "Passed"
+    FAILED = "Failed"
+    ERROR = "Error"
+
+
+class AttemptStatus(WireModel):
+    """One generate-then-test attempt."""
+
+    number: int = Field(ge=1, le=MAX_ATTEMPTS)
+    """Attempt number, from 1."""
+    generator_job: str | None = Field(default=None, max_length=63)
+    """Name of the generator Job, <run>-gen-<number>."""
+    test_job: str | None = Field(default=None, max_length=63)
+    """Name of the test Job, <run>-test-<number>."""
+    result: AttemptResult = AttemptResult.RUNNING
+    """Running, Passed, Failed (tests failed) or Error (the attempt could not complete)."""
+    reason: str | None = Field(default=None, max_length=1024)
+    """PascalCase reason of the result."""
+    message: str | None = Field(default=None, max_length=4096)
+    """Human-readable detail of the result."""
+    tests_passed: int | None = Field(default=None, ge=0)
+    """Generated tests that passed."""
+    tests_failed: int | None = Field(default=None, ge=0)
+    """Generated tests that failed or errored."""
+    credits: Credits | None = None
+    """Credits charged to this attempt."""
+    feedback_digest: ContentHash | None = None
+    """sha256 of the failure report fed to the next attempt."""
+    started_at: AwareDatetime | None = None
+    """When the attempt's generator Job was created."""
+    finished_at: AwareDatetime | None = None
+    """When the attempt's outcome was known."""
+
+
+class PinnedSpec(WireModel):
+    """The exact Spec revision the run builds from, fixed at admission."""
+
+    name: ResourceName
+    """Spec name."""
+    revision: int = Field(ge=1)
+    """Spec revision number."""
+    content_hash: ContentHash
+    """sha256 of the revision's canonical content."""
+    snapshot_uri: str = Field(max_length=1024)
+    """Where that content is stored; the generator reads only this."""
+
+
+class Usage(WireModel):
+    """Model usage of the run; written by the gateway only."""
+
+    calls: int = Field(default=0, ge=0)
+    """Model calls made."""
+    prompt_tokens: int = Field(default=0, ge=0)
+    """Prompt tokens over all calls."""
+    completion_tokens: int = Field(default=0, ge=0)
+    """Completion tokens over all calls."""
+    credits: Credits = 0
+    """Credits settled over all calls."""
+
+
+class Artifacts(WireModel):
+    """Where the generated code of the latest attempt is stored."""
+
+    uri: str = Field(max_length=1024)
+    """S3 prefix of the files, s3://bucket/key/."""
+    manifest_sha256: ContentHash
+    """sha256 of the manifest listing every file with its own sha256 and size."""
+    file_count: int = Field(ge=0)
+    """Number of files generated."""
+
+
+class Evidence(WireModel):
+    """Proof that the generated code was tested: a run succeeds only with evidence."""
+
+    report_uri: str = Field(max_length=1024)
+    """S3 URI of the test report (JUnit XML and summary) stored beside the code."""
+    tests_passed: int = Field(ge=0)
+    """Tests that passed."""
+    tests_failed: int = Field(ge=0)
+    """Tests that failed or errored."""
+    tests_skipped: int = Field(default=0, ge=0)
+    """Tests that were skipped."""
+    requirements_covered: int = Field(default=0, ge=0)
+    """Requirements cited by at least one passing test."""
+    requirements_total: int = Field(default=0, ge=0)
+    """Requirements in the pinned Spec revision."""
+    summary: str | None = Field(default=None, max_length=32)
+    """passed/total, for the printer column."""
+
+
+class Progress(WireModel):
+    """Generation progress within the current attempt."""
+
+    tasks_done: int = Field(ge=0)
+    """Tasks (files) generated so far."""
+    tasks_total: int = Field(ge=0)
+    """Tasks planned."""
+
+
+class GenerationRunStatus(WireModel):
+    """Observed state of a run. usage is written by the gateway, the rest by the run reconciler."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The .metadata.generation the status describes."""
+    phase: Phase | None = None
+    """Summary for printer columns; read conditions for detail."""
+    attempt: int | None = Field(default=None, ge=0, le=MAX_ATTEMPTS)
+    """The current (or last) attempt number."""
+    attempts: list[AttemptStatus] = Field(
+        default_factory=list,
+        max_length=MAX_ATTEMPTS,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["number"],
+        },
+    )
+    """Every attempt so far, by number."""
+    pinned_spec: PinnedSpec | None = None
+    """The Spec revision fixed at admission."""
+    usage: Usage | None = None
+    """Model calls, tokens and credits (gateway-written)."""
+    artifacts: Artifacts | None = None
+    """Generated code of the latest attempt."""
+    evidence: Evidence | None = None
+    """Test evidence of the latest attempt."""
+    progress: Progress | None = None
+    """Tasks done out of planned in the current attempt."""
+    start_time: AwareDatetime | None = None
+    """When the run was admitted."""
+    completion_time: AwareDatetime | None = None
+    """When the run reached Succeeded or Failed."""
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=8, json_schema_extra=CONDITIONS_LIST_SCHEMA
+    )
+    """Admitted, Generated, Tested, Succeeded."""
+
+
+class GenerationRun(Resource):
+    """One generation of tested code from a pinned Spec (smartspec.dev/v1alpha1 GenerationRun)."""
+
+    KIND: ClassVar[str] = KIND
+    PLURAL: ClassVar[str] = PLURAL
+    SHORT_NAMES: ClassVar[tuple[str, ...]] = ("genrun", "gr")
+    PRINTER_COLUMNS: ClassVar[tuple[PrinterColumn, ...]] = (
+        PrinterColumn("Spec", "string", ".spec.specRef.name", "Spec built from"),
+        PrinterColumn("Phase", "string", ".status.phase", "Summary of the conditions"),
+        PrinterColumn("Attempt", "integer", ".status.attempt", "Current attempt"),
+        PrinterColumn("Credits", "integer", ".status.usage.credits", "Credits settled"),
+        PrinterColumn("Tests", "string", ".status.evidence.summary", "Tests passed/total"),
+        PrinterColumn("Model", "string", ".spec.generator.model", "Model", priority=1),
+        PrinterColumn(
+            "Reason",
+            "string",
+            '.status.conditions[?(@.type=="Succeeded")].reason',
+            "Why it ended",
+            priority=1,
+        ),
+        AGE_COLUMN,
+    )
+
+    kind: Literal["GenerationRun"]
+    spec: GenerationRunSpec
+    """What to run."""
+    status: GenerationRunStatus | None = None
+    """Observed state, written by the operator and the gateway."""

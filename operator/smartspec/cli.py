@@ -1,0 +1,189 @@
+"""The `smartspec` command: process entry points and developer tools.
+
+Contract: specs/SPEC-001-overview.md, section "Command line".
+
+Subcommands:
+- `crds`      render the CRDs from the types into crds/ (or check that crds/ is current)
+- `validate`  validate manifest files against the types, naming every field at fault
+- `demo`      walk through the example scenario on embedded defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from smartspec import __version__
+from smartspec.api.manifests import ManifestError, is_smartspec_manifest, parse_manifest
+from smartspec.api.v1alpha1 import CreditBudget, GenerationRun, Resource, Spec
+from smartspec.builders.crds import build_crds, crd_file_name, render_crd_yaml
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+DEFAULT_EXAMPLE = Path("examples/todo-service")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = _build_parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    result: int = arguments.handler(arguments)
+    return result
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smartspec", description="Spec-driven, budgeted, tested code generation on Kubernetes."
+    )
+    parser.add_argument("--version", action="version", version=f"smartspec {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    crds = commands.add_parser("crds", help="render the CRDs from the resource types")
+    crds.add_argument(
+        "--output-dir", type=Path, default=Path("crds"), help="where to write (default: crds)"
+    )
+    crds.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the directory is stale"
+    )
+    crds.add_argument("--stdout", action="store_true", help="print all CRDs as one YAML stream")
+    crds.set_defaults(handler=_run_crds)
+
+    validate = commands.add_parser("validate", help="validate smartspec.dev manifests")
+    validate.add_argument("paths", nargs="+", type=Path, help="YAML files or directories")
+    validate.set_defaults(handler=_run_validate)
+
+    demo = commands.add_parser("demo", help="walk through the example scenario")
+    demo.add_argument(
+        "--example", type=Path, default=DEFAULT_EXAMPLE, help="example directory to use"
+    )
+    demo.set_defaults(handler=_run_demo)
+    return parser
+
+
+def _run_crds(arguments: argparse.Namespace) -> int:
+    rendered = {crd_file_name(crd): render_crd_yaml(crd) for crd in build_crds()}
+    if arguments.stdout:
+        sys.stdout.write("---\n".join(rendered.values()))
+        return EXIT_OK
+    output_dir: Path = arguments.output_dir
+    if arguments.check:
+        stale = [
+            name
+            for name, text in rendered.items()
+            if not (output_dir / name).is_file()
+            or (output_dir / name).read_text(encoding="utf-8") != text
+        ]
+        extra = sorted(path.name for path in output_dir.glob("*.yaml") if path.name not in rendered)
+        for name in stale:
+            print(f"stale: {output_dir / name} (run `smartspec crds`)", file=sys.stderr)
+        for name in extra:
+            print(f"unexpected: {output_dir / name} (no resource type renders it)", file=sys.stderr)
+        return EXIT_FAILURE if stale or extra else EXIT_OK
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.items():
+        (output_dir / name).write_text(text, encoding="utf-8")
+        print(f"wrote {output_dir / name}")
+    return EXIT_OK
+
+
+def load_manifests(paths: Sequence[Path]) -> list[tuple[str, Resource]]:
+    """Every smartspec.dev document in the files (directories: their *.yaml), validated.
+
+    Raises ManifestError listing every problem of the first invalid document; documents of
+    other API groups are skipped, because examples may carry Namespaces and the like.
+    """
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
+    resources: list[tuple[str, Resource]] = []
+    for file in files:
+        try:
+            documents = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError) as error:
+            raise ManifestError(str(file), [f"cannot read YAML: {error}"]) from None
+        for index, document in enumerate(documents):
+            source = f"{file}#{index}"
+            if document is None:
+                continue
+            if not isinstance(document, dict):
+                raise ManifestError(source, ["a manifest must be a mapping"])
+            if is_smartspec_manifest(document):
+                resources.append((source, parse_manifest(document, source)))
+    return resources
+
+
+def _run_validate(arguments: argparse.Namespace) -> int:
+    try:
+        resources = load_manifests(arguments.paths)
+    except ManifestError as error:
+        print(f"invalid: {error.source}", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    for source, resource in resources:
+        print(f"valid: {source} {resource.KIND}/{resource.metadata.name}")
+    if not resources:
+        print("no smartspec.dev manifests found", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _run_demo(arguments: argparse.Namespace) -> int:
+    example: Path = arguments.example
+    if not example.is_dir():
+        print(f"example directory {example} not found (run from the repository root)")
+        return EXIT_USAGE
+    try:
+        loaded = [resource for _, resource in load_manifests([example])]
+    except ManifestError as error:
+        print(f"the example is invalid: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    # Present the scenario in the order it is applied: Spec, CreditBudget, then runs.
+    order = {Spec: 0, CreditBudget: 1, GenerationRun: 2}
+    resources = sorted(loaded, key=lambda resource: order.get(type(resource), len(order)))
+    print(f"SmartSpec {__version__} demo: {example}")
+    print()
+    for resource in resources:
+        if isinstance(resource, Spec):
+            content = resource.spec
+            print(f"Spec/{resource.metadata.name}: {content.title} v{content.version}")
+            print(f"  owner {content.owner.team}, lifecycle {content.lifecycle.value}")
+            for requirement in content.requirements:
+                criteria = len(requirement.acceptance_criteria)
+                print(f"  {requirement.id} [{requirement.priority.value}] {requirement.text}")
+                print(f"    {criteria} acceptance criteria")
+            if content.interfaces is not None:
+                entities = ", ".join(entity.name for entity in content.interfaces.entities)
+                print(f"  entities: {entities}")
+                for endpoint in content.interfaces.endpoints:
+                    print(f"  endpoint {endpoint.method.value} {endpoint.path}")
+        elif isinstance(resource, CreditBudget):
+            budget = resource.spec
+            print(
+                f"CreditBudget/{resource.metadata.name}: {budget.limit_credits} credits "
+                f"per {budget.period.type.value} ({budget.period.time_zone}), "
+                f"{budget.enforcement.value} mode"
+            )
+        elif isinstance(resource, GenerationRun):
+            run = resource.spec
+            model = run.generator.model or "no model"
+            print(
+                f"GenerationRun/{resource.metadata.name}: Spec/{run.spec_ref.name} with the "
+                f"{run.generator.backend.value} generator ({model}), "
+                f"up to {run.max_attempts} attempts"
+            )
+    print()
+    print(f"All {len(resources)} manifests are valid against smartspec.dev/v1alpha1.")
+    print(
+        "Not built yet: the operator, gateway and run pipeline (generator and test Jobs). "
+        "Until they land, the demo validates the scenario and stops here."
+    )
+    return EXIT_OK
