@@ -147,8 +147,8 @@ def _run_demo(arguments: argparse.Namespace) -> int:
         print(f"the example is invalid: {error}", file=sys.stderr)
         return EXIT_FAILURE
     # Present the scenario in the order it is applied: Spec, CreditBudget, then runs.
-    order = {Spec: 0, CreditBudget: 1, GenerationRun: 2}
-    resources = sorted(loaded, key=lambda resource: order.get(type(resource), len(order)))
+    order = [Spec.KIND, CreditBudget.KIND, GenerationRun.KIND]
+    resources = sorted(loaded, key=lambda resource: order.index(resource.KIND))
     print(f"SmartSpec {__version__} demo: {example}")
     print()
     for resource in resources:
