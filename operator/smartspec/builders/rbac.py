@@ -1,0 +1,73 @@
+"""User-facing ClusterRoles for the smartspec.dev resources.
+
+Contract: specs/CORE-001-resources.md, section "Access".
+
+Three personas, three roles. Viewer and builder aggregate into Kubernetes' built-in `view`
+and `edit` roles, so whoever may edit a namespace may write Specs and GenerationRuns there.
+The platform-admin role deliberately does NOT aggregate into `admin`: a tenant who administers
+their own namespace must not raise their own budget. Nobody but the operator and the gateway
+writes a status subresource.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smartspec.api.v1alpha1 import GROUP
+from smartspec.api.v1alpha1.creditbudget import PLURAL as BUDGETS
+from smartspec.api.v1alpha1.generationrun import PLURAL as RUNS
+from smartspec.api.v1alpha1.spec import PLURAL as SPECS
+
+READ_VERBS = ["get", "list", "watch"]
+WRITE_VERBS = ["create", "update", "patch", "delete", "deletecollection"]
+
+VIEWER_ROLE = "smartspec-viewer"
+BUILDER_ROLE = "smartspec-builder"
+PLATFORM_ADMIN_ROLE = "smartspec-platform-admin"
+
+
+def _cluster_role(
+    name: str, purpose: str, rules: list[dict[str, Any]], aggregate_to: str | None
+) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/name": "smartspec", "app.kubernetes.io/part-of": "smartspec"}
+    if aggregate_to is not None:
+        labels[f"rbac.authorization.k8s.io/aggregate-to-{aggregate_to}"] = "true"
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {"smartspec.dev/purpose": purpose},
+        },
+        "rules": rules,
+    }
+
+
+def build_user_cluster_roles() -> list[dict[str, Any]]:
+    """The viewer, builder and platform-admin ClusterRoles."""
+    viewer = _cluster_role(
+        VIEWER_ROLE,
+        "Read Specs, GenerationRuns and CreditBudgets (aggregated into view).",
+        [{"apiGroups": [GROUP], "resources": [SPECS, RUNS, BUDGETS], "verbs": READ_VERBS}],
+        aggregate_to="view",
+    )
+    builder = _cluster_role(
+        BUILDER_ROLE,
+        "Write Specs and GenerationRuns, read CreditBudgets (aggregated into edit).",
+        [
+            {"apiGroups": [GROUP], "resources": [SPECS, RUNS], "verbs": READ_VERBS + WRITE_VERBS},
+            {"apiGroups": [GROUP], "resources": [BUDGETS], "verbs": READ_VERBS},
+        ],
+        aggregate_to="edit",
+    )
+    platform_admin = _cluster_role(
+        PLATFORM_ADMIN_ROLE,
+        "Set tenant CreditBudgets; bind cluster-wide to platform admins only, never to tenants.",
+        [
+            {"apiGroups": [GROUP], "resources": [BUDGETS], "verbs": READ_VERBS + WRITE_VERBS},
+            {"apiGroups": [GROUP], "resources": [SPECS, RUNS], "verbs": READ_VERBS},
+        ],
+        aggregate_to=None,
+    )
+    return [viewer, builder, platform_admin]
