@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lint typecheck contracts crds verify unit test demo clean
+.PHONY: help venv lint typecheck contracts crds verify testbin unit test demo clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,10 +36,13 @@ crds: $(STAMP) ## regenerate crds/ from the resource types
 verify: lint typecheck contracts $(STAMP) ## every static check, and crds/ is current
 	$(BIN)/smartspec crds --check
 
+testbin: ## build (or reuse) etcd, kube-apiserver, kube-controller-manager under ~/.cache
+	tools/build-testbin.sh
+
 unit: $(STAMP) ## unit tests only (no cluster)
 	$(BIN)/pytest tests/unit
 
-test: verify ## static checks, then the whole test suite
+test: verify testbin ## static checks, then every test (unit + real control plane)
 	$(BIN)/pytest
 
 demo: $(STAMP) ## walk through the example scenario
