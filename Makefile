@@ -30,11 +30,13 @@ typecheck: $(STAMP) ## mypy --strict with the pydantic plugin
 contracts: $(STAMP) ## import-linter: pure layers stay free of I/O libraries
 	$(BIN)/lint-imports
 
-crds: $(STAMP) ## regenerate crds/ from the resource types
+crds: $(STAMP) ## regenerate crds/ and deploy/ from the types and builders
 	$(BIN)/smartspec crds
+	$(BIN)/smartspec manifests
 
-verify: lint typecheck contracts $(STAMP) ## every static check, and crds/ is current
+verify: lint typecheck contracts $(STAMP) ## every static check, and crds/ and deploy/ are current
 	$(BIN)/smartspec crds --check
+	$(BIN)/smartspec manifests --check
 
 testbin: ## build (or reuse) etcd, kube-apiserver, kube-controller-manager under ~/.cache
 	tools/build-testbin.sh

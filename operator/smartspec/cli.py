@@ -4,7 +4,9 @@ Contract: specs/SPEC-001-overview.md, section "Command line".
 
 Subcommands:
 - `crds`      render the CRDs from the types into crds/ (or check that crds/ is current)
+- `manifests` render RBAC roles and admission policies into deploy/ (or check them)
 - `validate`  validate manifest files against the types, naming every field at fault
+- `operator`  run the operator (kopf), configured by SMARTSPEC_* environment variables
 - `demo`      walk through the example scenario on embedded defaults
 """
 
@@ -18,9 +20,15 @@ from pathlib import Path
 import yaml
 
 from smartspec import __version__
-from smartspec.api.manifests import ManifestError, is_smartspec_manifest, parse_manifest
+from smartspec.api.manifests import (
+    ManifestError,
+    describe_validation_error,
+    is_smartspec_manifest,
+    parse_manifest,
+)
 from smartspec.api.v1alpha1 import CreditBudget, GenerationRun, Resource, Spec
 from smartspec.builders.crds import build_crds, crd_file_name, render_crd_yaml
+from smartspec.builders.static import build_static_manifests, render_manifests_yaml
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -56,9 +64,25 @@ def _build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--stdout", action="store_true", help="print all CRDs as one YAML stream")
     crds.set_defaults(handler=_run_crds)
 
+    manifests = commands.add_parser(
+        "manifests", help="render RBAC and admission policies into deploy/"
+    )
+    manifests.add_argument(
+        "--output-dir", type=Path, default=Path("deploy"), help="where to write (default: deploy)"
+    )
+    manifests.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the directory is stale"
+    )
+    manifests.set_defaults(handler=_run_manifests)
+
     validate = commands.add_parser("validate", help="validate smartspec.dev manifests")
     validate.add_argument("paths", nargs="+", type=Path, help="YAML files or directories")
     validate.set_defaults(handler=_run_validate)
+
+    operator = commands.add_parser(
+        "operator", help="run the operator (settings from SMARTSPEC_* environment variables)"
+    )
+    operator.set_defaults(handler=_run_operator)
 
     demo = commands.add_parser("demo", help="walk through the example scenario")
     demo.add_argument(
@@ -68,13 +92,47 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_operator(arguments: argparse.Namespace) -> int:
+    # Imported here so the pure commands (crds, validate) start without kopf and boto3.
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from smartspec.runtime import run_operator  # noqa: PLC0415
+    from smartspec.settings import OperatorSettings  # noqa: PLC0415
+
+    try:
+        settings = OperatorSettings()
+    except ValidationError as error:
+        print("invalid operator settings (SMARTSPEC_* environment variables):", file=sys.stderr)
+        for problem in describe_validation_error(error):
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    run_operator(settings)
+    return EXIT_OK
+
+
 def _run_crds(arguments: argparse.Namespace) -> int:
     rendered = {crd_file_name(crd): render_crd_yaml(crd) for crd in build_crds()}
     if arguments.stdout:
         sys.stdout.write("---\n".join(rendered.values()))
         return EXIT_OK
-    output_dir: Path = arguments.output_dir
-    if arguments.check:
+    return _write_or_check(rendered, arguments.output_dir, check=arguments.check, command="crds")
+
+
+def _run_manifests(arguments: argparse.Namespace) -> int:
+    rendered = {
+        name: render_manifests_yaml(documents)
+        for name, documents in build_static_manifests().items()
+    }
+    return _write_or_check(
+        rendered, arguments.output_dir, check=arguments.check, command="manifests"
+    )
+
+
+def _write_or_check(
+    rendered: dict[str, str], output_dir: Path, *, check: bool, command: str
+) -> int:
+    """Write generated files, or (check) report which differ from what would be written."""
+    if check:
         stale = [
             name
             for name, text in rendered.items()
@@ -83,9 +141,9 @@ def _run_crds(arguments: argparse.Namespace) -> int:
         ]
         extra = sorted(path.name for path in output_dir.glob("*.yaml") if path.name not in rendered)
         for name in stale:
-            print(f"stale: {output_dir / name} (run `smartspec crds`)", file=sys.stderr)
+            print(f"stale: {output_dir / name} (run `smartspec {command}`)", file=sys.stderr)
         for name in extra:
-            print(f"unexpected: {output_dir / name} (no resource type renders it)", file=sys.stderr)
+            print(f"unexpected: {output_dir / name} (nothing renders it)", file=sys.stderr)
         return EXIT_FAILURE if stale or extra else EXIT_OK
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, text in rendered.items():
@@ -183,7 +241,11 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     print()
     print(f"All {len(resources)} manifests are valid against smartspec.dev/v1alpha1.")
     print(
-        "Not built yet: the operator, gateway and run pipeline (generator and test Jobs). "
+        "Built so far: the resource types and CRDs, and the Spec registry "
+        "(`smartspec operator`: revisions, S3 snapshots, lint, secret scan)."
+    )
+    print(
+        "Not built yet: the LLM gateway and the run pipeline (generator and test Jobs). "
         "Until they land, the demo validates the scenario and stops here."
     )
     return EXIT_OK

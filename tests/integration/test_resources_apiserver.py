@@ -10,14 +10,13 @@ import copy
 import json
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from smartspec.builders.rbac import BUILDER_ROLE, PLATFORM_ADMIN_ROLE, build_user_cluster_roles
 from testcluster.plugin import Cluster
 from testcluster.rest import ApiException, Rest
 
@@ -48,61 +47,6 @@ def refusal(call: Callable[[], object]) -> tuple[int, str]:
         call()
     body = json.loads(caught.value.body or "{}")
     return int(caught.value.status or 0), str(body.get("message", caught.value.body))
-
-
-@pytest.fixture(scope="session")
-def user_roles(cluster: Cluster, crds: list[str]) -> Iterator[None]:
-    """The product's user ClusterRoles, with platform admins bound cluster-wide."""
-    admin = cluster.rest("admin")
-    roles = build_user_cluster_roles()
-    for role in roles:
-        admin.post("/apis/rbac.authorization.k8s.io/v1/clusterroles", role)
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "test-platform-admins"},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": PLATFORM_ADMIN_ROLE,
-        },
-        "subjects": [
-            {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Group",
-                "name": "smartspec:platform-admins",
-            }
-        ],
-    }
-    admin.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
-    yield
-    admin.delete("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/test-platform-admins")
-    for role in roles:
-        admin.delete(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{role['metadata']['name']}")
-
-
-@pytest.fixture
-def tenant(cluster: Cluster, namespace: str, user_roles: None) -> str:
-    """A namespace where the builder identity holds the builder role."""
-    cluster.rest("admin").post(
-        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
-        {
-            "metadata": {"name": "builders"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": BUILDER_ROLE,
-            },
-            "subjects": [
-                {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Group",
-                    "name": "smartspec:builders",
-                }
-            ],
-        },
-    )
-    return namespace
 
 
 def test_crds_install_and_are_established(crds: list[str]) -> None:
@@ -225,14 +169,12 @@ def test_malformed_resources_are_refused_with_field_paths(
         assert text in message, message
 
 
-def test_approved_spec_content_is_immutable(
-    cluster: Cluster, namespace: str, crds: list[str]
-) -> None:
-    rest = cluster.rest("admin")
+def test_approved_spec_content_is_immutable(cluster: Cluster, tenant: str) -> None:
+    namespace = tenant
+    create(cluster.rest("builder"), namespace, example("spec.yaml"))
     path = f"{collection(namespace, 'Spec')}/todo-api"
-    approved = example("spec.yaml")
-    approved["spec"]["lifecycle"] = "Approved"
-    create(rest, namespace, approved)
+    rest = cluster.rest("approver")
+    rest.patch(path, {"spec": {"lifecycle": "Approved"}})
 
     status, message = refusal(lambda: rest.patch(path, {"spec": {"title": "Another title"}}))
     assert status == 422

@@ -71,3 +71,42 @@ def build_user_cluster_roles() -> list[dict[str, Any]]:
         aggregate_to=None,
     )
     return [viewer, builder, platform_admin]
+
+
+OPERATOR_ROLE = "smartspec-operator"
+
+
+def build_operator_cluster_role() -> dict[str, Any]:
+    """The operator's own permissions, each rule commented by the need it serves."""
+    return _cluster_role(
+        OPERATOR_ROLE,
+        "The SmartSpec operator: reconcile smartspec.dev resources and post Events.",
+        [
+            # kopf discovers served resources by watching CRDs, and namespaces for scoping.
+            {
+                "apiGroups": ["apiextensions.k8s.io"],
+                "resources": ["customresourcedefinitions"],
+                "verbs": ["list", "watch"],
+            },
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+            # Watch our resources; patch them for kopf's annotations (progress, diff base).
+            {
+                "apiGroups": [GROUP],
+                "resources": [SPECS, RUNS, BUDGETS],
+                "verbs": ["get", "list", "watch", "patch"],
+            },
+            # Status is written by exactly one writer per field (CORE-001); the operator's.
+            {
+                "apiGroups": [GROUP],
+                "resources": [f"{SPECS}/status", f"{RUNS}/status", f"{BUDGETS}/status"],
+                "verbs": ["get", "patch"],
+            },
+            # Events explain every transition to users (kubectl describe).
+            {
+                "apiGroups": ["", "events.k8s.io"],
+                "resources": ["events"],
+                "verbs": ["create", "patch"],
+            },
+        ],
+        aggregate_to=None,
+    )

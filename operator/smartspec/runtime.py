@@ -1,0 +1,80 @@
+"""The operator process: settings, logging, metrics, kopf configuration, handlers, run.
+
+Contract: specs/CORE-002-spec-registry.md, section "Configuration".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from smartspec.observability.logs import configure_logging, get_logger
+from smartspec.reconcilers.specs import SpecRegistryContext, register_spec_handlers
+from smartspec.settings import OperatorSettings
+from smartspec.storage import S3ObjectStore
+
+# kopf keeps its bookkeeping in annotations under our own prefix; status stays ours alone.
+ANNOTATION_PREFIX = "smartspec.dev"
+FINALIZER = "smartspec.dev/finalizer"
+
+log = get_logger(__name__)
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """Every handler of the operator, on a fresh registry."""
+    registry = kopf.OperatorRegistry()
+    store = S3ObjectStore(
+        settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+    )
+    register_spec_handlers(
+        registry,
+        SpecRegistryContext(
+            store=store, dependency_recheck_seconds=settings.dependency_recheck_seconds
+        ),
+    )
+
+    # A fresh registry has none of kopf's default login handlers; use kopf's own in-cluster
+    # and kubeconfig readers (no client library involved, so nothing else can shadow them).
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix=ANNOTATION_PREFIX
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        )
+        settings.persistence.finalizer = FINALIZER
+        settings.posting.level = 20  # logging.INFO: post Normal and Warning Events
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 60
+
+    return registry
+
+
+def run_operator(settings: OperatorSettings) -> None:
+    """Run until SIGTERM/SIGINT."""
+    configure_logging(settings.log_level)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+    log.info(
+        "Starting operator",
+        namespaces=settings.namespaces or "all",
+        bucket=settings.s3_bucket,
+        peering=settings.peering or "standalone",
+    )
+    kopf.run(
+        registry=build_registry(settings),
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=(
+            f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
+        ),
+    )

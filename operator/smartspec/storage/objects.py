@@ -1,0 +1,136 @@
+"""Write-once object storage.
+
+Contract: specs/CORE-002-spec-registry.md, section "Snapshots".
+
+`put_if_absent` is the only write: a conditional PUT (`If-None-Match: *`), so a second
+writer — another operator replica, or this one after a restart — can never overwrite an
+object. When the object already exists, its bytes are compared with what we meant to write:
+content-addressed keys make a mismatch impossible unless the store was tampered with, and
+that is reported, never ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from typing import Any, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+
+class StorageError(RuntimeError):
+    """The store could not be read or written (retryable)."""
+
+
+class StorageIntegrityError(StorageError):
+    """An existing object differs from the bytes its content-addressed key promises."""
+
+
+class ObjectStore(Protocol):
+    """What the reconcilers need of an artifact store."""
+
+    def put_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
+        """Write once. True when this call created the object, False when it existed."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; StorageError when it is missing or unreadable."""
+        ...
+
+    def uri(self, key: str) -> str:
+        """The URI recorded in status for this key."""
+        ...
+
+
+class S3ObjectStore:
+    """An S3 bucket (AWS, or any S3-compatible endpoint) through boto3."""
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        client: Any | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self._client = client or boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def put_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
+        checksum = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+        try:
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType=content_type,
+                IfNoneMatch="*",
+                ChecksumSHA256=checksum,
+            )
+        except ClientError as error:
+            if _status(error) != 412:
+                raise StorageError(f"cannot write s3://{self.bucket}/{key}: {error}") from error
+            existing = self.get(key)
+            if existing != body:
+                raise StorageIntegrityError(
+                    f"s3://{self.bucket}/{key} exists with different content "
+                    f"(sha256 {hashlib.sha256(existing).hexdigest()}); refusing to continue"
+                ) from error
+            return False
+        except BotoCoreError as error:
+            raise StorageError(f"cannot write s3://{self.bucket}/{key}: {error}") from error
+        return True
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+            body: bytes = response["Body"].read()
+        except (ClientError, BotoCoreError) as error:
+            raise StorageError(f"cannot read s3://{self.bucket}/{key}: {error}") from error
+        return body
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+
+def _status(error: ClientError) -> int:
+    metadata = error.response.get("ResponseMetadata", {})
+    return int(metadata.get("HTTPStatusCode", 0))
+
+
+class InMemoryObjectStore:
+    """The same contract in memory, for unit tests and the demo's dry runs."""
+
+    def __init__(self, bucket: str = "memory") -> None:
+        self.bucket = bucket
+        self.objects: dict[str, bytes] = {}
+        self.writes = 0
+        self._lock = threading.Lock()
+
+    def put_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
+        with self._lock:
+            existing = self.objects.get(key)
+            if existing is None:
+                self.objects[key] = body
+                self.writes += 1
+                return True
+        if existing != body:
+            raise StorageIntegrityError(f"{self.uri(key)} exists with different content")
+        return False
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise StorageError(f"{self.uri(key)} does not exist") from None
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"

@@ -1,0 +1,149 @@
+"""Helpers for tests that run the real operator: polling, applying deploy/ files, and
+`smartspec operator` as a child process. See specs/TEST-001-control-plane.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from .controlplane import free_port
+from .plugin import Cluster
+from .rest import ApiException, Rest
+from .s3 import S3Endpoint
+
+T = TypeVar("T")
+
+
+def wait_for(
+    probe: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2
+) -> T:
+    """Poll until probe returns something truthy; fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def apply_documents(rest: Rest, path: Path) -> list[dict[str, Any]]:
+    """Create (or replace) every cluster-scoped document of a deploy/ file."""
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for document in documents:
+        group_version = document["apiVersion"]
+        prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        plural = {
+            "ClusterRole": "clusterroles",
+            "ClusterRoleBinding": "clusterrolebindings",
+            "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+            "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
+        }[document["kind"]]
+        url = f"{prefix}/{plural}"
+        try:
+            rest.post(url, document)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            current = rest.get(f"{url}/{document['metadata']['name']}")
+            document["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            rest.put(f"{url}/{document['metadata']['name']}", document)
+    return documents
+
+
+class OperatorProcess:
+    """`smartspec operator` as a child process, with its JSON log kept for assertions."""
+
+    def __init__(
+        self, cluster: Cluster, s3: S3Endpoint, namespaces: list[str], log_path: Path
+    ) -> None:
+        self.log_path = log_path
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        self.env = {
+            **os.environ,
+            **s3.env(),
+            "KUBECONFIG": str(cluster.kubeconfig("operator")),
+            "SMARTSPEC_NAMESPACES": json.dumps(namespaces),
+            "SMARTSPEC_S3_BUCKET": s3.bucket,
+            "SMARTSPEC_S3_ENDPOINT_URL": s3.endpoint_url,
+            "SMARTSPEC_S3_REGION": s3.region,
+            "SMARTSPEC_METRICS_PORT": str(self.metrics_port),
+            "SMARTSPEC_LIVENESS_PORT": str(self.liveness_port),
+            "SMARTSPEC_DEPENDENCY_RECHECK_SECONDS": "5",
+            "SMARTSPEC_LOG_LEVEL": "DEBUG",
+        }
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "smartspec", "operator"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for(self._is_live, "the operator's liveness endpoint", timeout=60)
+
+    def _is_live(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            pytest.fail(f"the operator exited with {self._process.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2
+            ) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Stop (SIGTERM: graceful; SIGKILL: a crash); returns the exit code."""
+        assert self._process is not None
+        self._process.send_signal(sig)
+        try:
+            return self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            return self._process.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_records(self) -> list[dict[str, Any]]:
+        records = []
+        for line in self.log().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the operator's /metrics (0 when absent)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+        target = f"{name}{{{wanted}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(target + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None

@@ -1,0 +1,60 @@
+"""Write-once object storage (CORE-002, "Snapshots"), against moto's in-process S3."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from smartspec.storage import (
+    InMemoryObjectStore,
+    ObjectStore,
+    S3ObjectStore,
+    StorageError,
+    StorageIntegrityError,
+)
+
+BUCKET = "smartspec-unit"
+
+
+@pytest.fixture
+def s3_client() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+@pytest.fixture(params=["s3", "memory"])
+def store(request: pytest.FixtureRequest, s3_client: Any) -> ObjectStore:
+    if request.param == "s3":
+        return S3ObjectStore(BUCKET, client=s3_client)
+    return InMemoryObjectStore(BUCKET)
+
+
+def test_first_write_creates_and_second_is_a_no_op(store: ObjectStore) -> None:
+    assert store.put_if_absent("ns/specs/a.json", b"{}", "application/json") is True
+    assert store.put_if_absent("ns/specs/a.json", b"{}", "application/json") is False
+    assert store.get("ns/specs/a.json") == b"{}"
+    assert store.uri("ns/specs/a.json") == f"s3://{BUCKET}/ns/specs/a.json"
+
+
+def test_a_different_body_never_overwrites(store: ObjectStore) -> None:
+    store.put_if_absent("k", b"original", "text/plain")
+    with pytest.raises(StorageIntegrityError, match="exists with different content"):
+        store.put_if_absent("k", b"tampered", "text/plain")
+    assert store.get("k") == b"original"
+
+
+def test_missing_object_is_a_storage_error(store: ObjectStore) -> None:
+    with pytest.raises(StorageError):
+        store.get("absent")
+
+
+def test_missing_bucket_is_a_clear_storage_error(s3_client: Any) -> None:
+    store = S3ObjectStore("no-such-bucket", client=s3_client)
+    with pytest.raises(StorageError, match="cannot write s3://no-such-bucket/k"):
+        store.put_if_absent("k", b"x", "text/plain")
