@@ -7,12 +7,15 @@ Subcommands:
 - `manifests` render RBAC roles and admission policies into deploy/ (or check them)
 - `validate`  validate manifest files against the types, naming every field at fault
 - `operator`  run the operator (kopf), configured by SMARTSPEC_* environment variables
+- `gateway`   run the LLM gateway, configured by SMARTSPEC_* environment variables
+- `ledger verify`  check a CreditBudget's hash-chained ledger against its spentCredits
 - `demo`      walk through the example scenario on embedded defaults
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +30,7 @@ from smartspec.api.manifests import (
     parse_manifest,
 )
 from smartspec.api.v1alpha1 import CreditBudget, GenerationRun, Resource, Spec
+from smartspec.api.v1alpha1.creditbudget import CreditBudgetStatus
 from smartspec.builders.crds import build_crds, crd_file_name, render_crd_yaml
 from smartspec.builders.static import build_static_manifests, render_manifests_yaml
 
@@ -84,6 +88,20 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     operator.set_defaults(handler=_run_operator)
 
+    gateway = commands.add_parser(
+        "gateway", help="run the LLM gateway (settings from SMARTSPEC_* environment variables)"
+    )
+    gateway.set_defaults(handler=_run_gateway)
+
+    ledger = commands.add_parser("ledger", help="ledger tools")
+    ledger_commands = ledger.add_subparsers(dest="ledger_command", metavar="COMMAND", required=True)
+    verify = ledger_commands.add_parser(
+        "verify", help="walk a CreditBudget's ledger chain in S3 and check it against spent"
+    )
+    verify.add_argument("--namespace", required=True, help="the budget's namespace")
+    verify.add_argument("--budget", default="default", help="CreditBudget name (default: default)")
+    verify.set_defaults(handler=_run_ledger_verify)
+
     demo = commands.add_parser("demo", help="walk through the example scenario")
     demo.add_argument(
         "--example", type=Path, default=DEFAULT_EXAMPLE, help="example directory to use"
@@ -108,6 +126,74 @@ def _run_operator(arguments: argparse.Namespace) -> int:
         return EXIT_USAGE
     run_operator(settings)
     return EXIT_OK
+
+
+def _run_gateway(arguments: argparse.Namespace) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from smartspec.gateway.config import ConfigError  # noqa: PLC0415
+    from smartspec.gateway.server import run_gateway  # noqa: PLC0415
+    from smartspec.settings import GatewaySettings  # noqa: PLC0415
+
+    try:
+        settings = GatewaySettings()
+    except ValidationError as error:
+        print("invalid gateway settings (SMARTSPEC_* environment variables):", file=sys.stderr)
+        for problem in describe_validation_error(error):
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run_gateway(settings)
+    except (ConfigError, OSError, ValueError) as error:
+        print(f"the gateway cannot start: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _run_ledger_verify(arguments: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from smartspec.api.v1alpha1 import CreditBudget  # noqa: PLC0415
+    from smartspec.gateway.ledger_store import verify_budget_ledger  # noqa: PLC0415
+    from smartspec.kube.client import (  # noqa: PLC0415
+        KubeClient,
+        KubeError,
+        custom_object_path,
+        load_configuration,
+    )
+    from smartspec.storage import S3ObjectStore, StorageError  # noqa: PLC0415
+
+    bucket = os.environ.get("SMARTSPEC_S3_BUCKET")
+    if not bucket:
+        print("set SMARTSPEC_S3_BUCKET (and SMARTSPEC_S3_ENDPOINT_URL if not AWS)", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def read_budget() -> dict[str, object]:
+        async with KubeClient(load_configuration()) as kube:
+            path = custom_object_path("creditbudgets", arguments.namespace, arguments.budget)
+            return await kube.get(path)
+
+    try:
+        budget = CreditBudget.model_validate(asyncio.run(read_budget()))
+        store = S3ObjectStore(
+            bucket,
+            endpoint_url=os.environ.get("SMARTSPEC_S3_ENDPOINT_URL"),
+            region=os.environ.get("SMARTSPEC_S3_REGION", "us-east-1"),
+        )
+        report = verify_budget_ledger(store, budget.status or CreditBudgetStatus())
+    except (KubeError, StorageError) as error:
+        print(f"cannot verify: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    verification = report.verification
+    print(
+        f"{arguments.namespace}/{arguments.budget}: {verification.entries} entries in "
+        f"{verification.segments} segments; ledger sum this period "
+        f"{verification.spent_since_rollover}, spentCredits {report.spent_credits}"
+    )
+    for problem in report.problems():
+        print(f"  problem: {problem}", file=sys.stderr)
+    print("ledger OK" if report.ok else "ledger BROKEN")
+    return EXIT_OK if report.ok else EXIT_FAILURE
 
 
 def _run_crds(arguments: argparse.Namespace) -> int:

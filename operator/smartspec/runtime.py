@@ -11,6 +11,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from smartspec.observability.logs import configure_logging, get_logger
+from smartspec.reconcilers.budgets import register_budget_handlers
 from smartspec.reconcilers.specs import SpecRegistryContext, register_spec_handlers
 from smartspec.settings import OperatorSettings
 from smartspec.storage import S3ObjectStore
@@ -34,6 +35,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             store=store, dependency_recheck_seconds=settings.dependency_recheck_seconds
         ),
     )
+
+    register_budget_handlers(registry)
 
     # A fresh registry has none of kopf's default login handlers; use kopf's own in-cluster
     # and kubeconfig readers (no client library involved, so nothing else can shadow them).

@@ -9,6 +9,8 @@ so they cannot end up in a log line that prints the settings.
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -38,3 +40,42 @@ class OperatorSettings(BaseSettings):
     """kopf peering object for active/standby replicas; unset: standalone (one replica)."""
     dependency_recheck_seconds: int = Field(default=60, ge=5, le=3600)
     """How often a Spec with a missing dependency is re-checked."""
+
+
+class GatewaySettings(BaseSettings):
+    """Settings of `smartspec gateway`, from SMARTSPEC_GATEWAY_* and SMARTSPEC_S3_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SMARTSPEC_", extra="ignore")
+
+    gateway_config: Path
+    """YAML routing and pricing file (smartspec.gateway.config)."""
+    gateway_token_keys_file: Path
+    """File with the run-token HMAC keys, one per line, current first (a mounted Secret)."""
+    gateway_host: str = "0.0.0.0"  # noqa: S104 (a Pod serves on all its interfaces)
+    """Listen address."""
+    gateway_port: int = Field(default=8000, ge=1, le=65535)
+    """Listen port of the OpenAI-compatible API, /healthz, /readyz and /metrics."""
+    gateway_replica: str = Field(default_factory=socket.gethostname, max_length=64)
+    """This replica's id (the Pod name): it names the replica's budget lease."""
+    gateway_lease_seconds: int = Field(default=30, ge=2, le=600)
+    """Lifetime of a budget lease unless renewed."""
+    gateway_flush_milliseconds: int = Field(default=250, ge=10, le=10000)
+    """How often settled costs and ledger entries are written back."""
+    gateway_lease_factor: int = Field(default=8, ge=1, le=1000)
+    """A lease grows by this many times the worst case of the call that needs it."""
+    gateway_lease_max_fraction: int = Field(default=16, ge=1, le=10000)
+    """A lease never grows beyond limit / this (so other replicas find credits too)."""
+    gateway_idle_release_seconds: float = Field(default=3.0, ge=0.1, le=3600)
+    """Unused lease is given back after this long without calls."""
+    gateway_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    """Largest request body accepted."""
+    gateway_run_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    """How long a GenerationRun read is reused when checking that a run is active."""
+    s3_bucket: str = Field(min_length=3, max_length=63)
+    """Bucket for ledger segments and transcripts."""
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint; unset: AWS."""
+    s3_region: str = "us-east-1"
+    """S3 region."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Minimum level of the JSON log lines."""

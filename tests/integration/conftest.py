@@ -7,15 +7,18 @@ fails these tests. See specs/TEST-001-control-plane.md and specs/CORE-002-spec-r
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+import yaml
 
-from smartspec.builders.rbac import BUILDER_ROLE, OPERATOR_ROLE, PLATFORM_ADMIN_ROLE
-from testcluster.harness import OperatorProcess, apply_documents
+from smartspec.builders.rbac import BUILDER_ROLE, GATEWAY_ROLE, OPERATOR_ROLE, PLATFORM_ADMIN_ROLE
+from stubs.openai_stub import StubServer
+from testcluster.harness import TEST_TOKEN_KEY, GatewayProcess, OperatorProcess, apply_documents
 from testcluster.plugin import Cluster
 from testcluster.rest import ApiException
 from testcluster.s3 import S3Endpoint
@@ -86,6 +89,43 @@ def approval_policy(cluster: Cluster, crds: list[str]) -> None:
 @pytest.fixture
 def tenant(cluster: Cluster, namespace: str, operator_rbac: None, platform_admins: None) -> str:
     """A namespace where builders and approvers hold the builder role."""
+    bind_builders(cluster, namespace)
+    return namespace
+
+
+@pytest.fixture
+def namespace_factory(
+    cluster: Cluster, operator_rbac: None, platform_admins: None
+) -> Iterator[Callable[[], str]]:
+    """More tenant namespaces (restricted, builders bound), deleted after the test."""
+    created: list[str] = []
+    admin = cluster.rest("admin")
+
+    def create() -> str:
+        name = f"t-extra-{secrets.token_hex(4)}"
+        admin.post(
+            "/api/v1/namespaces",
+            {
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "pod-security.kubernetes.io/enforce": "restricted",
+                        "pod-security.kubernetes.io/enforce-version": "latest",
+                    },
+                }
+            },
+        )
+        bind_builders(cluster, name)
+        created.append(name)
+        return name
+
+    yield create
+    for name in created:
+        admin.delete(f"/api/v1/namespaces/{name}")
+
+
+def bind_builders(cluster: Cluster, namespace: str) -> None:
+    """Builders and approvers hold the builder role in this namespace."""
     cluster.rest("admin").post(
         f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
         {
@@ -101,7 +141,6 @@ def tenant(cluster: Cluster, namespace: str, operator_rbac: None, platform_admin
             ],
         },
     )
-    return namespace
 
 
 @pytest.fixture
@@ -134,3 +173,100 @@ def s3_client(s3: S3Endpoint) -> Any:
         aws_secret_access_key=s3.secret_access_key,
         region_name=s3.region,
     )
+
+
+# ---------------------------------------------------------------- gateway
+
+
+@pytest.fixture(scope="session")
+def gateway_rbac(cluster: Cluster, crds: list[str]) -> None:
+    """deploy/rbac-gateway.yaml bound to the gateway identity, and nothing more."""
+    admin = cluster.rest("admin")
+    apply_documents(admin, DEPLOY / "rbac-gateway.yaml")
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "smartspec-gateway"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": GATEWAY_ROLE,
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "gateway"}],
+    }
+    try:
+        admin.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
+@pytest.fixture
+def stub() -> Iterator[StubServer]:
+    """A local OpenAI-compatible model server (a test stub: its answers are canned)."""
+    server = StubServer(models=["stub-model", "stub-backup"]).start_in_thread()
+    yield server
+    server.stop_thread()
+
+
+def write_gateway_config(path: Path, stub_url: str, *, fallback: bool = True) -> Path:
+    """Two priced stub deployments; stub-model falls back to stub-backup."""
+    config = {
+        "creditsPerUsd": 1_000_000,
+        "numRetries": 1,
+        "models": [
+            {
+                "name": "stub-model",
+                "litellmModel": "openai/stub-model",
+                "apiBase": f"{stub_url}/v1",
+                "timeoutSeconds": 20,
+                "price": {"inputCreditsPerMtok": 150_000, "outputCreditsPerMtok": 600_000},
+            },
+            {
+                "name": "stub-backup",
+                "litellmModel": "openai/stub-backup",
+                "apiBase": f"{stub_url}/v1",
+                "timeoutSeconds": 20,
+                "price": {"inputCreditsPerMtok": 300_000, "outputCreditsPerMtok": 1_200_000},
+            },
+            {
+                "name": "unpriced-model",
+                "litellmModel": "openai/unpriced",
+                "apiBase": f"{stub_url}/v1",
+            },
+        ],
+        "fallbacks": {"stub-model": ["stub-backup"]} if fallback else {},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def start_gateway(
+    cluster: Cluster, s3: S3Endpoint, gateway_rbac: None, stub: StubServer, tmp_path: Path
+) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start gateway replicas against the stub; all are stopped (leases returned) after."""
+    started: list[GatewayProcess] = []
+    keys = tmp_path / "token-keys"
+    keys.write_bytes(TEST_TOKEN_KEY + b"\n")
+    config = write_gateway_config(tmp_path / "gateway.yaml", stub.url)
+
+    def start(**extra_env: str) -> GatewayProcess:
+        replica = f"gw-{len(started)}"
+        process = GatewayProcess(
+            cluster,
+            s3,
+            config_path=config,
+            keys_path=keys,
+            log_path=tmp_path / f"{replica}.log",
+            replica=replica,
+            extra_env=extra_env,
+        )
+        process.start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.running:
+            process.stop()

@@ -79,6 +79,7 @@ IDENTITIES: tuple[Identity, ...] = (
     Identity("builder", "builder", ("smartspec:builders",)),
     Identity("platform_admin", "platform-admin", ("smartspec:platform-admins",)),
     Identity("approver", "approver", ("smartspec:approvers",)),
+    Identity("gateway", "gateway", ("smartspec:gateways",)),
 )
 
 

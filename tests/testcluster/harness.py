@@ -24,6 +24,8 @@ from .rest import ApiException, Rest
 from .s3 import S3Endpoint
 
 T = TypeVar("T")
+TEST_TOKEN_KEY = b"smartspec-integration-test-key-0123456789abcdef"
+"""The run-token HMAC key the test gateways load (tests only)."""
 
 
 def wait_for(
@@ -147,3 +149,91 @@ class OperatorProcess:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+
+class GatewayProcess:
+    """`smartspec gateway` as a child process on a free loopback port."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        s3: S3Endpoint,
+        *,
+        config_path: Path,
+        keys_path: Path,
+        log_path: Path,
+        replica: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.log_path = log_path
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            **s3.env(),
+            "KUBECONFIG": str(cluster.kubeconfig("gateway")),
+            "SMARTSPEC_GATEWAY_CONFIG": str(config_path),
+            "SMARTSPEC_GATEWAY_TOKEN_KEYS_FILE": str(keys_path),
+            "SMARTSPEC_GATEWAY_HOST": "127.0.0.1",
+            "SMARTSPEC_GATEWAY_PORT": str(self.port),
+            "SMARTSPEC_GATEWAY_REPLICA": replica,
+            "SMARTSPEC_S3_BUCKET": s3.bucket,
+            "SMARTSPEC_S3_ENDPOINT_URL": s3.endpoint_url,
+            "SMARTSPEC_S3_REGION": s3.region,
+            "SMARTSPEC_GATEWAY_FLUSH_MILLISECONDS": "100",
+            "SMARTSPEC_GATEWAY_IDLE_RELEASE_SECONDS": "1",
+            "SMARTSPEC_LOG_LEVEL": "INFO",
+            **(extra_env or {}),
+        }
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "smartspec", "gateway"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        wait_for(self._is_ready, "the gateway's /readyz", timeout=90)
+
+    def _is_ready(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            pytest.fail(f"the gateway exited with {self._process.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}/readyz", timeout=2
+            ) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self._process is not None
+        self._process.send_signal(sig)
+        try:
+            return self._process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            return self._process.wait(timeout=10)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+        target = f"{name}{{{wanted}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(target + " "):
+                return float(line.split()[-1])
+        return 0.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -95,6 +96,17 @@ def test_redaction_leaves_placeholders_and_plain_text_alone() -> None:
     assert redact_credentials(text) == text
 
 
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """configure_logging replaces the root handlers; put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restored_logging")
 def test_json_log_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("DEBUG")
     logging.getLogger("kopf.objects").debug(

@@ -110,3 +110,26 @@ def build_operator_cluster_role() -> dict[str, Any]:
         ],
         aggregate_to=None,
     )
+
+
+GATEWAY_ROLE = "smartspec-gateway"
+
+
+def build_gateway_cluster_role() -> dict[str, Any]:
+    """The gateway's permissions: read runs and budgets, write their accounting status."""
+    return _cluster_role(
+        GATEWAY_ROLE,
+        "The SmartSpec LLM gateway: check runs are active, lease budget credits, record usage.",
+        [
+            # Every call checks that its run still exists, is not suspended or finished.
+            {"apiGroups": [GROUP], "resources": [RUNS, BUDGETS], "verbs": ["get"]},
+            # Leases, spentCredits and the ledger head: compare-and-swap on budget status;
+            # usage totals on run status. The gateway is the sole writer of those fields.
+            {
+                "apiGroups": [GROUP],
+                "resources": [f"{RUNS}/status", f"{BUDGETS}/status"],
+                "verbs": ["get", "patch"],
+            },
+        ],
+        aggregate_to=None,
+    )

@@ -10,13 +10,18 @@ from typing import Any
 import yaml
 
 from smartspec.builders.admission import build_spec_approval_policy
-from smartspec.builders.rbac import build_operator_cluster_role, build_user_cluster_roles
+from smartspec.builders.rbac import (
+    build_gateway_cluster_role,
+    build_operator_cluster_role,
+    build_user_cluster_roles,
+)
 
 
 def build_static_manifests() -> dict[str, list[dict[str, Any]]]:
     """File name -> documents, for `smartspec manifests`."""
     return {
         "admission-policies.yaml": build_spec_approval_policy(),
+        "rbac-gateway.yaml": [build_gateway_cluster_role()],
         "rbac-operator.yaml": [build_operator_cluster_role()],
         "rbac-users.yaml": build_user_cluster_roles(),
     }

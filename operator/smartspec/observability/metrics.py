@@ -6,7 +6,7 @@ Names follow smartspec_<noun>_<unit>; no label carries an object name (bounded c
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter(
     "smartspec_reconciles_total",
@@ -31,4 +31,64 @@ SNAPSHOT_WRITES = Counter(
     "smartspec_snapshot_writes_total",
     "Spec snapshot writes by result: created, existed (write-once hit) or failed.",
     ["result"],
+)
+
+# ---------------------------------------------------------------- gateway
+GATEWAY_REQUESTS = Counter(
+    "smartspec_gateway_requests_total",
+    "Gateway API requests by route and HTTP status class.",
+    ["route", "status"],
+)
+GATEWAY_LATENCY = Histogram(
+    "smartspec_gateway_request_duration_seconds",
+    "Gateway request duration (including the upstream call), by route.",
+    ["route"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+GATEWAY_OVERHEAD = Histogram(
+    "smartspec_gateway_overhead_seconds",
+    "Time a chat completion spends in the gateway outside the upstream call.",
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25),
+)
+MODEL_CALLS = Counter(
+    "smartspec_model_calls_total",
+    "Model calls by model and outcome (ok, upstream_error, replayed).",
+    ["model", "outcome"],
+)
+MODEL_TOKENS = Counter(
+    "smartspec_model_tokens_total",
+    "Tokens by model and direction (prompt, completion).",
+    ["model", "direction"],
+)
+CREDITS = Counter(
+    "smartspec_credits_total",
+    "Credits by accounting action: reserved, settled, released, refused.",
+    ["action"],
+)
+REFUSALS = Counter(
+    "smartspec_gateway_refusals_total",
+    "Requests refused before any provider call, by reason.",
+    ["reason"],
+)
+UPSTREAM_ERRORS = Counter(
+    "smartspec_upstream_errors_total",
+    "Failed upstream calls after retries and fallbacks, by model and error class.",
+    ["model", "error"],
+)
+BUDGET_SYNCS = Counter(
+    "smartspec_budget_syncs_total",
+    "Compare-and-swap writes of budget leases that succeeded.",
+)
+BUDGET_CAS_CONFLICTS = Counter(
+    "smartspec_budget_cas_conflicts_total",
+    "Budget writes that lost a compare-and-swap race and were retried.",
+)
+BUDGET_LEASE = Gauge(
+    "smartspec_budget_lease_credits",
+    "Credits this gateway replica holds in leases, over all budgets.",
+)
+BUDGET_ALERTS = Counter(
+    "smartspec_budget_alerts_total",
+    "Budget conditions that turned True (BudgetExhausted, ThresholdReached).",
+    ["condition"],
 )

@@ -3,9 +3,9 @@
 Contract: specs/CORE-001-resources.md, section "CreditBudget".
 
 Every amount is an integer number of credits. The gateway is the only writer of the
-accounting fields of the status (spent, reserved, reservations, period bounds, ledger head);
-the budget reconciler is the only writer of conditions and thresholds crossed. Each field has
-exactly one writer, so compare-and-swap updates from many gateway replicas never fight.
+accounting fields of the status (spent, reserved, leases, period bounds, thresholds crossed,
+ledger head); the budget reconciler is the only writer of conditions. Each field has exactly
+one writer, so compare-and-swap updates from many gateway replicas never fight.
 """
 
 from __future__ import annotations
@@ -162,20 +162,22 @@ class CreditBudgetSpec(WireModel):
 
 
 class Reservation(WireModel):
-    """Credits held for one model call in flight; released or settled when the call ends."""
+    """A lease: credits one gateway replica holds for its calls in flight and the next few.
 
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    """Reservation id, also the ledger's call id."""
-    run: str = Field(max_length=253)
-    """GenerationRun name."""
-    attempt: int = Field(ge=1)
-    """Attempt number."""
-    credits: Credits
-    """Credits held (worst-case cost of the call)."""
+    A replica reserves each call's worst-case cost against its own lease in memory and
+    settles the actual cost into spentCredits in batches, so one compare-and-swap covers
+    many calls while spent + reserved never exceeds the limit.
+    """
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Lease id: the holding gateway replica's id."""
     holder: str = Field(max_length=253)
-    """Gateway replica that holds it."""
+    """Gateway replica (pod name) that holds the lease."""
+    credits: Credits
+    """Credits held: worst-case cost of the holder's calls in flight plus its headroom."""
     expires_at: AwareDatetime
-    """When the hold lapses if the holder never settles (e.g. it died mid-call)."""
+    """When the lease lapses unless renewed; a lapsed lease is charged as spent, because a
+    holder that died mid-call may have been billed for calls it never settled."""
 
 
 class LedgerHead(WireModel):
@@ -209,7 +211,7 @@ class CreditBudgetStatus(WireModel):
         max_length=MAX_RESERVATIONS,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["id"]},
     )
-    """Calls in flight with their holds."""
+    """Credit leases held by gateway replicas; reservedCredits is their sum."""
     ledger_head: LedgerHead | None = None
     """Tip of the ledger chain."""
     thresholds_crossed: list[ThresholdPercent] = Field(

@@ -1,0 +1,388 @@
+"""Per-replica budget accounting: local reservations against a lease, batched CAS writes.
+
+Contract: specs/CORE-003-gateway-and-budgets.md, sections "Budget accounting" and "Ledger".
+
+A call reserves its worst-case cost from this replica's lease in memory (no I/O when the
+lease has room). A sync — on a timer, or at once when a call needs more room — does one
+compare-and-swap on the CreditBudget status: settled costs move into spentCredits, the lease
+is resized, and the buffered ledger entries are appended as one segment written to S3 first.
+The arithmetic is `smartspec.logic.budget.sync_lease`; this module only does the I/O around
+it and keeps the local books.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from smartspec.api.v1alpha1.creditbudget import (
+    CreditBudget,
+    CreditBudgetSpec,
+    CreditBudgetStatus,
+    LedgerHead,
+)
+from smartspec.kube.client import ConflictError, KubeClient, KubeError, custom_object_path
+from smartspec.logic.budget import LeaseRequest, LeaseResult, sync_lease
+from smartspec.logic.canonical import canonical_json
+from smartspec.logic.ledger import LedgerDraft, chain_segment, segment_key
+from smartspec.observability import metrics
+from smartspec.observability.logs import get_logger
+from smartspec.storage import ObjectStore, StorageError
+
+MAX_CAS_ATTEMPTS = 40
+# Budget state this fresh is trusted for a refusal without another write: at exhaustion,
+# every queued call re-syncing would be a storm of writes that cannot succeed anyway.
+FRESH_ENOUGH_SECONDS = 0.1
+log = get_logger(__name__)
+
+
+class BudgetUnavailableError(RuntimeError):
+    """The budget could not be read or written: the gateway fails closed."""
+
+
+class BudgetNotFoundError(BudgetUnavailableError):
+    """The CreditBudget a run names does not exist."""
+
+
+@dataclass
+class Hold:
+    """One call's reservation against the lease."""
+
+    call_id: str
+    credits: int
+    run: str
+    run_uid: str
+    attempt: int
+    spec_revision: int
+    model: str
+    covered: bool = False
+    """Set when the lease lapsed while the call ran: its cost was charged with the lease."""
+
+
+@dataclass
+class RunDelta:
+    """Usage to add to one GenerationRun's status at the next sync."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    credits: int = 0
+
+
+@dataclass
+class LeaseSettings:
+    holder: str
+    lease_seconds: int
+    lease_factor: int
+    lease_max_fraction: int
+    idle_release_seconds: float
+
+
+@dataclass
+class LeaseAccount:
+    """The local books of one replica for one CreditBudget."""
+
+    namespace: str
+    budget: str
+    settings: LeaseSettings
+    kube: KubeClient
+    store: ObjectStore
+    held: int = 0
+    in_flight: dict[str, Hold] = field(default_factory=dict)
+    settled_unflushed: int = 0
+    drafts: list[LedgerDraft] = field(default_factory=list)
+    run_deltas: dict[tuple[str, str], RunDelta] = field(
+        default_factory=lambda: defaultdict(RunDelta)
+    )
+    spec: CreditBudgetSpec | None = None
+    status: CreditBudgetStatus | None = None
+    spec_read_at: float = 0.0
+    last_activity: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    releasing: bool = False
+    """An idle release is being written: new reservations wait for the lock."""
+    synced_at: float = 0.0
+    tight: bool = False
+    """The last grant was short: the budget is nearly exhausted. The lease then keeps no
+    spare credits (other replicas may need them) and every reservation takes the lock."""
+
+    @property
+    def available(self) -> int:
+        """Credits this replica may still reserve without a sync."""
+        in_flight = sum(h.credits for h in self.in_flight.values() if not h.covered)
+        return self.held - in_flight - self.settled_unflushed
+
+    @property
+    def in_flight_credits(self) -> int:
+        return sum(h.credits for h in self.in_flight.values() if not h.covered)
+
+    def budget_remaining(self) -> int:
+        """What the budget as a whole could still grant this replica (for refusal messages)."""
+        if self.spec is None or self.status is None:
+            return 0
+        others = self.status.reserved_credits - self.held
+        free = self.spec.limit_credits - self.status.spent_credits - others
+        return max(0, free - self.in_flight_credits - self.settled_unflushed)
+
+    def run_committed(self, run: str, run_uid: str) -> int:
+        """Credits this replica holds or has settled (unflushed) for one run."""
+        held = sum(
+            h.credits for h in self.in_flight.values() if h.run == run and h.run_uid == run_uid
+        )
+        delta = self.run_deltas.get((run, run_uid))
+        return held + (delta.credits if delta is not None else 0)
+
+    def record(self, draft: LedgerDraft) -> None:
+        self.drafts.append(draft)
+
+    def hold(self, hold: Hold) -> None:
+        self.in_flight[hold.call_id] = hold
+        self.last_activity = time.monotonic()
+
+    def settle(
+        self, call_id: str, credits: int, prompt_tokens: int, completion_tokens: int
+    ) -> Hold:
+        hold = self.in_flight.pop(call_id)
+        if not hold.covered:
+            self.settled_unflushed += credits
+        delta = self.run_deltas[(hold.run, hold.run_uid)]
+        delta.calls += 1
+        delta.prompt_tokens += prompt_tokens
+        delta.completion_tokens += completion_tokens
+        delta.credits += credits
+        self.last_activity = time.monotonic()
+        return hold
+
+    def release(self, call_id: str) -> Hold:
+        hold = self.in_flight.pop(call_id)
+        self.last_activity = time.monotonic()
+        return hold
+
+    # ------------------------------------------------------------------ I/O
+
+    async def refresh(self, max_age_seconds: float = 5.0) -> None:
+        """Read the budget if the cached copy is older than max_age_seconds."""
+        if self.spec is not None and time.monotonic() - self.spec_read_at < max_age_seconds:
+            return
+        budget = await self._read()
+        self.spec, self.status = budget.spec, budget.status
+        self.spec_read_at = time.monotonic()
+
+    async def _read(self) -> CreditBudget:
+        path = custom_object_path("creditbudgets", self.namespace, self.budget)
+        try:
+            body = await self.kube.get(path)
+        except KubeError as error:
+            if error.status == 404:
+                raise BudgetNotFoundError(
+                    f"CreditBudget {self.namespace}/{self.budget} does not exist"
+                ) from error
+            raise BudgetUnavailableError(
+                f"cannot read CreditBudget {self.namespace}/{self.budget}: {error}"
+            ) from error
+        budget = CreditBudget.model_validate(body)
+        budget.metadata.resource_version = body["metadata"]["resourceVersion"]
+        return budget
+
+    async def sync(
+        self, headroom: int, *, minimum: int = 0, release_idle: bool = False
+    ) -> LeaseResult:
+        """One CAS write (retried on conflict): settle, re-lease, append the ledger segment.
+
+        Callers hold `self.lock`. Calls keep reserving from the lease while the write is in
+        flight, so the request always keeps the lease's unused part (it was granted within
+        the limit, so it can be granted again); only an idle release shrinks the lease, and
+        it stops new reservations until it is done.
+        """
+        self.releasing = release_idle
+        try:
+            for attempt in range(1, MAX_CAS_ATTEMPTS + 1):
+                try:
+                    return await self._sync_once(headroom, minimum, release_idle)
+                except ConflictError:
+                    metrics.BUDGET_CAS_CONFLICTS.inc()
+                    # Jittered exponential backoff, so racing replicas fall out of step.
+                    await asyncio.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.2)))  # noqa: S311
+        finally:
+            self.releasing = False
+        raise BudgetUnavailableError(
+            f"CreditBudget {self.namespace}/{self.budget}: {MAX_CAS_ATTEMPTS} conflicting writes "
+            "in a row"
+        )
+
+    async def _sync_once(self, headroom: int, minimum: int, release_idle: bool) -> LeaseResult:
+        budget = await self._read()
+        now = datetime.now(UTC)
+        settled = self.settled_unflushed
+        in_flight = self.in_flight_credits
+        call_drafts = list(self.drafts)
+        keep = 0 if (release_idle or self.tight) else max(0, self.held - in_flight - settled)
+        ceiling = max(1, budget.spec.limit_credits // self.settings.lease_max_fraction)
+        request = LeaseRequest(
+            holder=self.settings.holder,
+            held_credits=self.held,
+            settled_credits=settled,
+            in_flight_credits=in_flight,
+            # The ceiling spreads credits over replicas, but never below the call waiting.
+            headroom_credits=max(keep, minimum, min(headroom, ceiling)),
+            lease_seconds=self.settings.lease_seconds,
+        )
+        result = sync_lease(budget.spec, budget.status, request, now)
+        system_drafts = [
+            LedgerDraft(
+                kind=entry.kind,  # type: ignore[arg-type]
+                at=now,
+                namespace=self.namespace,
+                budget=self.budget,
+                holder=entry.holder,
+                credits=entry.credits,
+                detail=entry.detail,
+            )
+            for entry in result.system_entries
+        ]
+        if result.lease_lost:
+            # The lapsed lease was charged as a whole; these settles are already paid for.
+            call_drafts = [
+                replace(draft, kind="settle-covered") if draft.kind == "settle" else draft
+                for draft in call_drafts
+            ]
+        status = await self._append_segment(budget, result.status, system_drafts + call_drafts)
+        await self._write_status(budget, status)
+
+        # Committed. Local books: what was flushed leaves, what arrived meanwhile stays.
+        if result.lease_lost:
+            for hold in self.in_flight.values():
+                hold.covered = True
+        self.held = result.lease_credits
+        self.tight = result.granted_headroom < request.headroom_credits
+        self.settled_unflushed -= settled
+        del self.drafts[: len(call_drafts)]
+        self.spec, self.status = budget.spec, status
+        self.spec_read_at = self.synced_at = time.monotonic()
+        metrics.BUDGET_SYNCS.inc()
+        return result
+
+    async def _append_segment(
+        self, budget: CreditBudget, status: CreditBudgetStatus, drafts: list[LedgerDraft]
+    ) -> CreditBudgetStatus:
+        """Write the segment (write-once) and return the status pointing at it."""
+        if not drafts:
+            return status
+        head = budget.status.ledger_head if budget.status else None
+        segment = chain_segment(
+            drafts,
+            namespace=self.namespace,
+            budget=self.budget,
+            head_sequence=head.sequence if head else 0,
+            head_hash=head.hash if head else None,
+            head_segment_uri=head.segment_uri if head else None,
+        )
+        key = segment_key(self.namespace, self.budget, segment)
+        body = canonical_json(segment.model_dump(mode="json"))
+        try:
+            await asyncio.to_thread(self.store.put_if_absent, key, body, "application/json")
+        except StorageError as error:
+            raise BudgetUnavailableError(f"cannot write the ledger: {error}") from error
+        last = segment.entries[-1]
+        head_model = LedgerHead(
+            sequence=last.sequence, hash=last.hash, segment_uri=self.store.uri(key)
+        )
+        return status.model_copy(update={"ledger_head": head_model})
+
+    async def _write_status(self, budget: CreditBudget, status: CreditBudgetStatus) -> None:
+        wire = status.to_wire()
+        owned = {
+            key: wire.get(key)
+            for key in (
+                "spentCredits",
+                "reservedCredits",
+                "remainingCredits",
+                "periodStart",
+                "periodEnd",
+                "reservations",
+                "ledgerHead",
+                "thresholdsCrossed",
+            )
+        }
+        patch: dict[str, Any] = {
+            "metadata": {"resourceVersion": budget.metadata.resource_version},
+            "status": owned,
+        }
+        path = custom_object_path("creditbudgets", self.namespace, self.budget, "status")
+        try:
+            await self.kube.merge_patch(path, patch)
+        except ConflictError:
+            raise
+        except KubeError as error:
+            log.error(
+                "Budget write refused",
+                namespace=self.namespace,
+                budget=self.budget,
+                error=str(error),
+            )
+            raise BudgetUnavailableError(
+                f"cannot write CreditBudget {self.namespace}/{self.budget}: {error}"
+            ) from error
+
+    async def flush_run_usage(self) -> None:
+        """Add the usage of calls settled since the last flush to each run's status."""
+        deltas = {key: delta for key, delta in self.run_deltas.items() if delta.calls}
+        for key in deltas:
+            self.run_deltas.pop(key, None)
+        for (run, run_uid), delta in deltas.items():
+            try:
+                await add_run_usage(self.kube, self.namespace, run, run_uid, delta)
+            except KubeError as error:
+                log.warning("Could not record run usage", run=run, error=str(error))
+
+    def needs_sync(self) -> bool:
+        """Whether the timer should write: something to settle, record, renew or give back."""
+        if self.settled_unflushed or self.drafts:
+            return True
+        if self.held == 0:
+            return False
+        idle = time.monotonic() - self.last_activity > self.settings.idle_release_seconds
+        if idle and self.held > self.in_flight_credits:
+            return True
+        # Renew before expiry: a third of the lease lifetime after the last write.
+        return time.monotonic() - self.spec_read_at > self.settings.lease_seconds / 3
+
+
+async def add_run_usage(
+    kube: KubeClient, namespace: str, run: str, run_uid: str, delta: RunDelta
+) -> None:
+    """Compare-and-swap add to GenerationRun status.usage (the gateway is its only writer)."""
+    path = custom_object_path("generationruns", namespace, run)
+    for _attempt in range(MAX_CAS_ATTEMPTS):
+        body = await kube.get(path)
+        if body["metadata"].get("uid") != run_uid:
+            return  # the run was deleted and re-created: this usage belongs to the old one
+        usage = dict((body.get("status") or {}).get("usage") or {})
+        patch = {
+            "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
+            "status": {
+                "usage": {
+                    "calls": int(usage.get("calls", 0)) + delta.calls,
+                    "promptTokens": int(usage.get("promptTokens", 0)) + delta.prompt_tokens,
+                    "completionTokens": int(usage.get("completionTokens", 0))
+                    + delta.completion_tokens,
+                    "credits": int(usage.get("credits", 0)) + delta.credits,
+                }
+            },
+        }
+        try:
+            await kube.merge_patch(f"{path}/status", patch)
+            return
+        except ConflictError:
+            await asyncio.sleep(0.005)
+    raise KubeError(409, "Conflict", f"usage of {namespace}/{run}: too many conflicting writes")
+
+
+def recently_synced(account: LeaseAccount) -> bool:
+    """Whether the account's view of the budget is fresh enough to refuse on."""
+    return time.monotonic() - account.synced_at < FRESH_ENOUGH_SECONDS

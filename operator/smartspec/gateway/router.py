@@ -1,0 +1,114 @@
+"""Routing model calls through a litellm Router built from the gateway configuration.
+
+Contract: specs/CORE-003-gateway-and-budgets.md, section "Routing".
+
+litellm is imported only here (and in litellm_costs). Its import would otherwise try to
+download a model cost map at start-up; the environment variable below makes it use the map
+bundled with the package, because a gateway must start the same way with no internet.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from dataclasses import dataclass
+from typing import Any
+
+import litellm
+import openai
+from litellm.router import Router
+
+from smartspec.gateway.config import GatewayConfig
+
+litellm.telemetry = False
+litellm.suppress_debug_info = True
+
+
+class UpstreamError(Exception):
+    """Every deployment and fallback failed; `kind` is a bounded label for metrics."""
+
+    def __init__(self, kind: str, status: int, message: str) -> None:
+        self.kind = kind
+        self.status = status
+        self.message = message
+        super().__init__(f"{kind}: {message}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What the gateway needs from a successful upstream call."""
+
+    body: dict[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+    served_by: str
+
+
+def build_router(config: GatewayConfig) -> Router:
+    """A litellm Router: deployments, retries, fallbacks and per-deployment timeouts."""
+    model_list = []
+    for route in config.models:
+        # The Router owns retries and fallbacks; the SDK under it must not retry on its own,
+        # or every retry would multiply (and fallbacks would come late).
+        params: dict[str, Any] = {
+            "model": route.litellm_model,
+            "timeout": route.timeout_seconds,
+            "max_retries": 0,
+        }
+        if route.api_base:
+            params["api_base"] = route.api_base
+        if route.api_key_env:
+            params["api_key"] = f"os.environ/{route.api_key_env}"
+        else:
+            # OpenAI-compatible local servers accept any key; litellm insists on one.
+            params["api_key"] = "unused"
+        model_list.append({"model_name": route.name, "litellm_params": params})
+    return Router(
+        model_list=model_list,
+        fallbacks=[{name: targets} for name, targets in config.fallbacks.items()],
+        num_retries=config.num_retries,
+        retry_after=0,
+        allowed_fails=1000,
+        disable_cooldowns=True,
+    )
+
+
+async def complete(router: Router, request: dict[str, Any]) -> Completion:
+    """One chat completion; raises UpstreamError with a clear class when all routes fail."""
+    try:
+        response = await router.acompletion(**request)
+    except openai.APITimeoutError as error:
+        raise UpstreamError("timeout", 504, _message(error)) from error
+    except openai.APIConnectionError as error:
+        raise UpstreamError("unreachable", 502, _message(error)) from error
+    except openai.APIStatusError as error:
+        raise UpstreamError(*_classify(error.status_code), _message(error)) from error
+    except openai.OpenAIError as error:
+        # litellm maps every provider failure onto the OpenAI SDK's error classes.
+        raise UpstreamError("provider_error", 502, _message(error)) from error
+    body: dict[str, Any] = response.model_dump(mode="json", exclude_none=True)
+    usage = body.get("usage") or {}
+    prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    completion_tokens = int(usage.get("completion_tokens") or 0)
+    if "choices" not in body:
+        raise UpstreamError("malformed_answer", 502, "the provider's answer has no choices")
+    served_by = str(body.get("model", request["model"]))
+    return Completion(body, prompt_tokens, completion_tokens, served_by)
+
+
+def _classify(status: int) -> tuple[str, int]:
+    """A bounded error class and the status the gateway answers with."""
+    if status == 429:
+        return "rate_limited", 429
+    if status in {401, 403}:
+        return "provider_auth", 502
+    if 400 <= status < 500:
+        return "bad_request", 400
+    return "provider_error", 502
+
+
+def _message(error: Exception) -> str:
+    text = str(error)
+    return text if len(text) <= 500 else text[:497] + "..."

@@ -1,0 +1,82 @@
+"""The gateway process: settings → configuration, prices, keys, clients → aiohttp server.
+
+Contract: specs/CORE-003-gateway-and-budgets.md, section "Configuration".
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from smartspec.gateway.app import Gateway, GatewayOptions, build_app, read_token_keys
+from smartspec.gateway.config import GatewayConfig, load_gateway_config
+from smartspec.gateway.litellm_costs import litellm_cost_map_source, load_litellm_cost_map
+from smartspec.kube.client import KubeClient, load_configuration
+from smartspec.logic.pricing import PriceTable, build_price_table
+from smartspec.observability.logs import configure_logging, get_logger
+from smartspec.settings import GatewaySettings
+from smartspec.storage import S3ObjectStore
+
+log = get_logger(__name__)
+
+
+def build_prices(config: GatewayConfig) -> PriceTable:
+    """Overrides from the file win; otherwise litellm's bundled map (offline)."""
+    cost_map = load_litellm_cost_map()
+    by_name = {}
+    for route in config.models:
+        entry = cost_map.get(route.cost_map_name or route.name)
+        if entry is not None:
+            by_name[route.name] = entry
+    overrides = {
+        route.name: (route.price.input_credits_per_mtok, route.price.output_credits_per_mtok)
+        for route in config.models
+        if route.price is not None
+    }
+    return build_price_table(by_name, overrides, config.model_names, config.credits_per_usd)
+
+
+def build_gateway(settings: GatewaySettings) -> Gateway:
+    config = load_gateway_config(settings.gateway_config)
+    prices = build_prices(config)
+    unpriced = sorted(set(config.model_names) - set(prices.models))
+    log.info(
+        "Loaded gateway configuration",
+        models=config.model_names,
+        unpriced=unpriced,
+        prices_from=litellm_cost_map_source(),
+    )
+    if unpriced:
+        log.warning("Models without a price are refused, never charged 0", models=unpriced)
+    return Gateway(
+        config=config,
+        prices=prices,
+        token_keys=read_token_keys(settings.gateway_token_keys_file),
+        kube=KubeClient(load_configuration()),
+        store=S3ObjectStore(
+            settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+        ),
+        options=GatewayOptions(
+            replica=settings.gateway_replica,
+            lease_seconds=settings.gateway_lease_seconds,
+            flush_seconds=settings.gateway_flush_milliseconds / 1000,
+            lease_factor=settings.gateway_lease_factor,
+            lease_max_fraction=settings.gateway_lease_max_fraction,
+            idle_release_seconds=settings.gateway_idle_release_seconds,
+            max_body_bytes=settings.gateway_max_body_bytes,
+            run_cache_seconds=settings.gateway_run_cache_seconds,
+        ),
+    )
+
+
+def run_gateway(settings: GatewaySettings) -> None:
+    """Serve until SIGTERM/SIGINT; on the way out, settle and give back every lease."""
+    configure_logging(settings.log_level)
+    gateway = build_gateway(settings)
+    web.run_app(
+        build_app(gateway),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=30,
+    )

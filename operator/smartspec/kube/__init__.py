@@ -1,0 +1,4 @@
+"""The only code that talks to the Kubernetes API outside kopf.
+
+Contract: specs/CORE-003-gateway-and-budgets.md, section "Kubernetes access".
+"""

@@ -1,0 +1,444 @@
+"""The LLM gateway against the real API server, real HTTP S3 and a local OpenAI-compatible
+stub model server (its answers are canned: nothing here measures model quality).
+
+Contract: specs/CORE-003-gateway-and-budgets.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from smartspec.logic.pricing import ModelPrice, cost_credits
+from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
+from stubs.openai_stub import StubServer
+from testcluster.harness import TEST_TOKEN_KEY as TOKEN_KEY
+from testcluster.harness import GatewayProcess, wait_for
+from testcluster.plugin import Cluster
+from testcluster.rest import Rest
+
+pytestmark = pytest.mark.integration
+
+StartGateway = Callable[..., GatewayProcess]
+STUB_PRICE = ModelPrice("stub-model", 150_000, 600_000)
+BACKUP_PRICE = ModelPrice("stub-backup", 300_000, 1_200_000)
+API = "/apis/smartspec.dev/v1alpha1/namespaces"
+
+
+def create_budget(cluster: Cluster, namespace: str, limit: int, **spec: Any) -> None:
+    body = {
+        "apiVersion": "smartspec.dev/v1alpha1",
+        "kind": "CreditBudget",
+        "metadata": {"name": "default"},
+        "spec": {"limitCredits": limit, **spec},
+    }
+    cluster.rest("platform_admin").post(f"{API}/{namespace}/creditbudgets", body)
+
+
+def create_run(
+    cluster: Cluster, namespace: str, name: str = "run-1", **spec: Any
+) -> dict[str, Any]:
+    body = {
+        "apiVersion": "smartspec.dev/v1alpha1",
+        "kind": "GenerationRun",
+        "metadata": {"name": name},
+        "spec": {
+            "specRef": {"name": "todo-api"},
+            "generator": {"backend": "llm", "model": "stub-model"},
+            **spec,
+        },
+    }
+    cluster.rest("builder").post(f"{API}/{namespace}/generationruns", body)
+    # The run reconciler would set this; here the test plays its part.
+    return cluster.rest("admin").patch(
+        f"{API}/{namespace}/generationruns/{name}/status",
+        {"status": {"phase": "Generating", "attempt": 1}},
+    )
+
+
+def token_for(
+    run: dict[str, Any],
+    *,
+    ttl: int = 3600,
+    replay_of: str | None = None,
+    key: bytes = TOKEN_KEY,
+    namespace: str | None = None,
+) -> str:
+    claims = RunTokenClaims(
+        namespace=namespace or run["metadata"]["namespace"],
+        run=run["metadata"]["name"],
+        run_uid=run["metadata"]["uid"],
+        attempt=1,
+        budget="default",
+        spec_revision=1,
+        expires_at=int(time.time()) + ttl,
+        replay_of=replay_of,
+    )
+    return mint_run_token(claims, key)
+
+
+def chat(
+    gateway: GatewayProcess, token: str, content: str = "Write a to-do API.", **extra: Any
+) -> tuple[int, dict[str, Any], bytes]:
+    body = {
+        "model": "stub-model",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 64,
+        **extra,
+    }
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    return response.status_code, response.json(), response.content
+
+
+def budget_status(rest: Rest, namespace: str) -> dict[str, Any]:
+    status: dict[str, Any] = (
+        rest.get(f"{API}/{namespace}/creditbudgets/default").get("status") or {}
+    )
+    return status
+
+
+def settled(rest: Rest, namespace: str) -> dict[str, Any]:
+    """The budget once every lease is back (the gateway gives idle leases back)."""
+    return wait_for(
+        lambda: (s := budget_status(rest, namespace)) and s.get("reservedCredits", 0) == 0 and s,
+        "every lease to be returned",
+    )
+
+
+def charge(body: dict[str, Any], price: ModelPrice = STUB_PRICE) -> int:
+    usage = body["usage"]
+    return cost_credits(price, usage["prompt_tokens"], usage["completion_tokens"])
+
+
+def verify_ledger(cluster: Cluster, namespace: str, gateway: GatewayProcess) -> str:
+    completed = subprocess.run(
+        [sys.executable, "-m", "smartspec", "ledger", "verify", "--namespace", namespace],
+        env={**gateway.env, "KUBECONFIG": str(cluster.kubeconfig("admin"))},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed.stdout
+
+
+def test_a_call_is_charged_once_recorded_and_attributed(
+    cluster: Cluster,
+    tenant: str,
+    start_gateway: StartGateway,
+    stub: StubServer,
+    s3_client: Any,
+    s3: Any,
+) -> None:
+    create_budget(cluster, tenant, 1_000_000)
+    run = create_run(cluster, tenant)
+    gateway = start_gateway()
+    status, body, _ = chat(gateway, token_for(run))
+    assert status == 200, body
+    assert body["model"] == "stub-model"
+    assert stub.requests[-1]["max_tokens"] == 64
+
+    admin = cluster.rest("admin")
+    budget = settled(admin, tenant)
+    assert budget["spentCredits"] == charge(body)
+    assert budget["ledgerHead"]["sequence"] >= 2  # reserve + settle
+    usage = wait_for(
+        lambda: (admin.get(f"{API}/{tenant}/generationruns/run-1").get("status") or {}).get(
+            "usage"
+        ),
+        "the run's usage",
+    )
+    assert usage == {
+        "calls": 1,
+        "promptTokens": body["usage"]["prompt_tokens"],
+        "completionTokens": body["usage"]["completion_tokens"],
+        "credits": charge(body),
+    }
+    assert "ledger OK" in verify_ledger(cluster, tenant, gateway)
+    transcripts = s3_client.list_objects_v2(Bucket=s3.bucket, Prefix=f"{tenant}/transcripts/")
+    assert transcripts.get("KeyCount") == 1
+
+
+def test_concurrent_replicas_never_overspend(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway
+) -> None:
+    limit = 3_500
+    create_budget(cluster, tenant, limit, softThresholdsPercent=[50])
+    run = create_run(cluster, tenant)
+    token = token_for(run)
+    gateways = [start_gateway() for _ in range(4)]
+    admin = cluster.rest("admin")
+
+    violations: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            status = budget_status(admin, tenant)
+            if status.get("spentCredits", 0) + status.get("reservedCredits", 0) > limit:
+                violations.append(status)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    results = asyncio.run(_burst(gateways, token, calls=1000, concurrency=48))
+    stop.set()
+    watcher.join()
+
+    unexpected = [(status, body) for status, body in results if status not in {200, 402}]
+    assert unexpected == [], unexpected[:3]
+    ok = [body for status, body in results if status == 200]
+    refused = [body for status, body in results if status == 402]
+    assert ok, "no call succeeded"
+    assert refused, "the budget never ran out: size it smaller"
+    for body in refused:
+        error = body["error"]
+        assert error["type"] == "budget_exceeded"
+        assert error["remaining_credits"] < error["required_credits"]
+    assert violations == [], f"spent + reserved exceeded the limit: {violations[:3]}"
+
+    final = settled(admin, tenant)
+    assert final["spentCredits"] <= limit
+    assert final["spentCredits"] == sum(charge(body) for body in ok), "every credit is a call"
+    assert final["reservations"] == [] or "reservations" not in final
+    assert "ledger OK" in verify_ledger(cluster, tenant, gateways[0])
+    print(
+        f"\nconcurrency: {len(ok)} answered, {len(refused)} refused, spent {final['spentCredits']}"
+        f" of {limit} ({100 * final['spentCredits'] // limit}%), ledger entries "
+        f"{final['ledgerHead']['sequence']}"
+    )
+
+
+async def _burst(
+    gateways: list[GatewayProcess], token: str, *, calls: int, concurrency: int
+) -> list[tuple[int, dict[str, Any]]]:
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=120) as client:
+
+        async def one(index: int) -> tuple[int, dict[str, Any]]:
+            gateway = gateways[index % len(gateways)]
+            body = {
+                "model": "stub-model",
+                "messages": [{"role": "user", "content": f"Write function number {index}."}],
+                "max_tokens": 64,
+            }
+            async with semaphore:
+                response = await client.post(
+                    f"{gateway.url}/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            return response.status_code, response.json()
+
+        return await asyncio.gather(*(one(index) for index in range(calls)))
+
+
+def test_tenants_are_isolated(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway, namespace_factory: Callable[[], str]
+) -> None:
+    other = namespace_factory()
+    create_budget(cluster, tenant, 100_000)
+    create_budget(cluster, other, 100_000)
+    run_a = create_run(cluster, tenant, "run-a")
+    run_b = create_run(cluster, other, "run-b")
+    gateway = start_gateway()
+    admin = cluster.rest("admin")
+
+    status, _, _ = chat(gateway, token_for(run_a))
+    assert status == 200
+    assert settled(admin, tenant)["spentCredits"] > 0
+    assert budget_status(admin, other).get("spentCredits", 0) == 0, "A's call charged B"
+
+    token_a, token_b = token_for(run_a), token_for(run_b)
+    forged = token_a.rsplit(".", 1)[0].replace(token_a.split(".")[1], token_b.split(".")[1])
+    forged += "." + token_a.rsplit(".", 1)[1]
+    cases = {
+        "run of A claimed in B": (token_for(run_a, namespace=other), 403, "run_not_found"),
+        "B's claims under A's signature": (forged, 401, "bad_signature"),
+        "wrong key": (token_for(run_a, key=b"x" * 40), 401, "bad_signature"),
+        "expired": (token_for(run_a, ttl=-5), 401, "expired"),
+        "garbage": ("not-a-token", 401, "malformed"),
+    }
+    for label, (token, expected_status, code) in cases.items():
+        status, body, _ = chat(gateway, token)
+        assert (status, body["error"]["code"]) == (expected_status, code), label
+
+    # A transcript recorded in B is not there for a replay in A.
+    status, _, _ = chat(gateway, token_b, content="only in B")
+    assert status == 200
+    replay = create_run(cluster, tenant, "replay-a", replayOf={"name": "run-a"})
+    status, body, _ = chat(gateway, token_for(replay, replay_of="run-a"), content="only in B")
+    assert (status, body["error"]["code"]) == (404, "transcript_not_found")
+
+    cluster.rest("builder").patch(
+        f"{API}/{tenant}/generationruns/run-a", {"spec": {"suspend": True}}
+    )
+    time.sleep(1.2)  # the gateway reuses a run read for up to a second
+    status, body, _ = chat(gateway, token_a)
+    assert (status, body["error"]["code"]) == (403, "run_suspended")
+
+
+def test_provider_failures_retry_fall_back_and_release(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway, stub: StubServer
+) -> None:
+    create_budget(cluster, tenant, 100_000)
+    run = create_run(cluster, tenant)
+    gateway = start_gateway()
+    admin = cluster.rest("admin")
+
+    stub.script.extend([429, 500])  # first try and its retry fail: fall back to stub-backup
+    status, body, _ = chat(gateway, token_for(run))
+    assert status == 200, body
+    asked = [request["model"] for request in stub.requests]
+    assert asked == ["stub-model", "stub-model", "stub-backup"], asked
+    spent = settled(admin, tenant)["spentCredits"]
+    assert spent == charge(body, STUB_PRICE), "priced as the model asked for"
+
+    stub.fail_models.update({"stub-model": 500, "stub-backup": 503})
+    status, body, _ = chat(gateway, token_for(run))
+    assert status == 502, body
+    assert body["error"]["type"] == "upstream_error"
+    assert "nothing was charged" in body["error"]["message"]
+    after = settled(admin, tenant)
+    assert after["spentCredits"] == spent, "a failed call costs nothing"
+    assert "ledger OK" in verify_ledger(cluster, tenant, gateway)
+
+
+def test_replay_reproduces_a_run_byte_for_byte_at_no_cost(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway, stub: StubServer
+) -> None:
+    create_budget(cluster, tenant, 100_000)
+    live = create_run(cluster, tenant, "live")
+    gateway = start_gateway()
+    prompts = ["Plan the files.", "Write app.py.", "Write test_app.py."]
+    recorded = [chat(gateway, token_for(live), content=prompt) for prompt in prompts]
+    assert all(status == 200 for status, _, _ in recorded)
+    admin = cluster.rest("admin")
+    spent = settled(admin, tenant)["spentCredits"]
+    wait_for(lambda: len(stub.requests) == 3, "three upstream calls")
+
+    replay = create_run(cluster, tenant, "replay", replayOf={"name": "live"})
+    token = token_for(replay, replay_of="live")
+    time.sleep(0.5)  # transcripts are stored just after each answer
+    replayed = [chat(gateway, token, content=prompt) for prompt in prompts]
+    assert [raw for _, _, raw in replayed] == [raw for _, _, raw in recorded]
+    assert len(stub.requests) == 3, "a replay never calls the provider"
+    status, body, _ = chat(gateway, token, content="never recorded")
+    assert (status, body["error"]["code"]) == (404, "transcript_not_found")
+    assert len(stub.requests) == 3
+    assert settled(admin, tenant)["spentCredits"] == spent, "a replay costs nothing"
+
+
+def test_malformed_requests_get_clear_errors_and_cost_nothing(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway, stub: StubServer
+) -> None:
+    create_budget(
+        cluster,
+        tenant,
+        100_000,
+        models={"allow": ["stub-*", "unpriced-*"], "deny": ["stub-backup"]},
+    )
+    run = create_run(cluster, tenant)
+    gateway = start_gateway()
+    token = token_for(run)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    url = f"{gateway.url}/v1/chat/completions"
+
+    def post(content: bytes) -> tuple[int, dict[str, Any]]:
+        response = httpx.post(url, content=content, headers=headers, timeout=30)
+        return response.status_code, response.json()
+
+    def body(**fields: Any) -> bytes:
+        base = {"model": "stub-model", "messages": [{"role": "user", "content": "hi"}]}
+        return json.dumps(base | fields).encode()
+
+    cases = {
+        "not JSON": (b"{nope", 400, "invalid_json"),
+        "a list": (b"[]", 400, "invalid_json"),
+        "huge": (
+            body(messages=[{"role": "user", "content": "x" * 2_000_000}]),
+            413,
+            "body_too_large",
+        ),
+        "unknown model": (body(model="gpt-99"), 404, "model_not_found"),
+        "streaming": (body(stream=True), 400, "invalid_request"),
+        "no messages": (body(messages=[]), 400, "invalid_request"),
+        "bad role": (body(messages=[{"role": "wizard", "content": "x"}]), 400, "invalid_request"),
+        "float max_tokens": (body(max_tokens=10.5), 400, "invalid_request"),
+        "unpriced model": (body(model="unpriced-model"), 400, "model_not_priced"),
+        "denied model": (body(model="stub-backup"), 403, "model_not_allowed"),
+    }
+    for label, (content, status, code) in cases.items():
+        got_status, got = post(content)
+        assert (got_status, got["error"]["code"]) == (status, code), (label, got)
+        assert got["error"]["message"], label
+    response = httpx.post(url, content=body(), timeout=30)
+    assert (response.status_code, response.json()["error"]["code"]) == (401, "missing_token")
+    assert stub.requests == [], "no malformed request reached the provider"
+    time.sleep(1.5)
+    assert budget_status(cluster.rest("admin"), tenant).get("spentCredits", 0) == 0
+
+
+def test_a_missing_budget_fails_closed(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway, stub: StubServer
+) -> None:
+    run = create_run(cluster, tenant)
+    gateway = start_gateway()
+    status, body, _ = chat(gateway, token_for(run))
+    assert (status, body["error"]["type"], body["error"]["code"]) == (
+        402,
+        "budget_exceeded",
+        "budget_not_found",
+    )
+    assert stub.requests == []
+
+
+def test_thresholds_and_exhaustion_become_conditions_and_events(
+    cluster: Cluster,
+    tenant: str,
+    start_gateway: StartGateway,
+    start_operator: Callable[[str], Any],
+) -> None:
+    create_budget(cluster, tenant, 200, softThresholdsPercent=[25])
+    run = create_run(cluster, tenant)
+    start_operator(tenant)
+    gateway = start_gateway()
+    token = token_for(run)
+    statuses = [chat(gateway, token, content=f"call {index}")[0] for index in range(40)]
+    assert 402 in statuses, "the budget never ran out"
+    admin = cluster.rest("admin")
+
+    def condition(kind: str) -> dict[str, Any] | None:
+        budget = admin.get(f"{API}/{tenant}/creditbudgets/default")
+        for item in (budget.get("status") or {}).get("conditions", []):
+            if item["type"] == kind and item["status"] == "True":
+                return dict(item)
+        return None
+
+    reached = wait_for(lambda: condition("ThresholdReached"), "ThresholdReached=True")
+    assert reached["reason"] == "ThresholdCrossed"
+    assert "25%" in reached["message"]
+    events = wait_for(
+        lambda: [
+            event
+            for event in admin.get(f"/api/v1/namespaces/{tenant}/events")["items"]
+            if event["reason"] == "ThresholdCrossed"
+        ],
+        "a ThresholdCrossed Event",
+    )
+    assert events[0]["involvedObject"]["kind"] == "CreditBudget"

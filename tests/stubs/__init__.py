@@ -1,0 +1,1 @@
+"""Local stand-ins for external services (model providers), run as real servers."""

@@ -1,0 +1,352 @@
+"""A local OpenAI-compatible model server for tests and benchmarks.
+
+A real HTTP server on 127.0.0.1 (aiohttp), not a mock object: the gateway, the `openai`
+client and litellm all reach it over TCP exactly as they would reach a provider. It serves
+`POST /v1/chat/completions` (non-streaming) and `GET /v1/models`; see
+specs/CORE-003-gateway-and-budgets.md for the gateway behaviour the tests drive with it.
+
+Answers are deterministic: the reply comes from `reply_fn(request body)`, prompt tokens
+are the message characters // 4 (at least 1), and completion tokens are the reply's
+characters // 4 (at least 1), never more than the request's max_tokens; a reply that would
+exceed it is cut and finishes with "length".
+
+Failures are scripted at run time:
+
+- `script`: a queue consumed one item per valid completion request, each "ok" or an HTTP
+  status to fail with (429 carries Retry-After); an empty queue answers ok.
+- `fail_models`: model -> status, failing every request for that model (fallback tests).
+- `default_status`: a status to fail every request with once the script is empty.
+- `delay_seconds`: wait this long before answering (timeouts, benchmarks).
+
+In-process use, from sync tests (a background thread runs its own event loop):
+
+    with StubServer() as stub:
+        stub.script.extend([429, "ok"])
+        client = openai.OpenAI(base_url=stub.url + "/v1", api_key="x", max_retries=0)
+
+or from async code: `async with StubServer() as stub: ...`. As a process, for benchmarks:
+
+    python tests/stubs/openai_stub.py --port 8199 --latency-ms 50 [--behaviour 503]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+from aiohttp import web
+
+__all__ = ["ScriptItem", "StubServer", "default_reply", "error_body"]
+
+ScriptItem = int | Literal["ok"]
+
+CREATED = 1_700_000_000
+"""The fixed `created` timestamp of every answer, so transcripts are reproducible."""
+
+_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "permission_denied"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    500: ("server_error", "internal_error"),
+    502: ("server_error", "bad_gateway"),
+    503: ("server_error", "service_unavailable"),
+    504: ("server_error", "gateway_timeout"),
+}
+
+
+def default_reply(body: dict[str, Any]) -> str:
+    """A short text that depends only on the request: the last message, echoed."""
+    messages = body.get("messages") or [{}]
+    last = _content_text(messages[-1].get("content")) if isinstance(messages[-1], dict) else ""
+    return f"stub reply to {len(messages)} message(s): {last[:200]}"
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """An OpenAI-style error document."""
+    error_type, code = _ERRORS.get(status, ("server_error", f"http_{status}"))
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+
+
+@dataclass
+class StubServer:
+    """The stub; every attribute below may be changed while it runs."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    models: list[str] = field(default_factory=lambda: ["stub-model"])
+    script: deque[ScriptItem] = field(default_factory=deque)
+    fail_models: dict[str, int] = field(default_factory=dict)
+    default_status: int | None = None
+    reply_fn: Callable[[dict[str, Any]], str] = default_reply
+    delay_seconds: float = 0.0
+    retry_after_seconds: int = 0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    """Every JSON body received on /v1/chat/completions, in order."""
+    request_headers: list[dict[str, str]] = field(default_factory=list)
+    """The headers of those requests, same order (to check what a gateway forwards)."""
+
+    _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1), init=False)
+
+    @property
+    def url(self) -> str:
+        """http://127.0.0.1:<port>, without /v1 (OpenAI clients want url + "/v1")."""
+        if self._runner is None:
+            raise RuntimeError("the stub is not running")
+        return f"http://{self.host}:{self.port}"
+
+    # ------------------------------------------------------------ in the caller's loop
+
+    async def start(self) -> None:
+        """Listen in the running event loop; with port 0, `port` becomes the chosen one."""
+        if self._runner is not None:
+            raise RuntimeError("the stub is already running")
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_get("/v1/models", self._list_models)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.host, self.port).start()
+        self.port = int(runner.addresses[0][1])
+        self._runner = runner
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> StubServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------ in a background thread
+
+    def start_in_thread(self) -> StubServer:
+        """Run the stub on its own event loop in a daemon thread, for sync callers."""
+        if self._thread is not None:
+            raise RuntimeError("the stub is already running in a thread")
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="openai-stub", daemon=True)
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=30)
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+            raise
+        self._loop, self._thread = loop, thread
+        return self
+
+    def stop_thread(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        try:
+            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=30)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+
+    def __enter__(self) -> StubServer:
+        return self.start_in_thread()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop_thread()
+
+    # ------------------------------------------------------------ handlers
+
+    async def _chat_completions(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return self._error(400, "the request body is not JSON")
+        if not isinstance(body, dict):
+            return self._error(400, "the request body must be a JSON object")
+        self.requests.append(body)
+        self.request_headers.append(dict(request.headers))
+        if self.delay_seconds > 0:
+            await asyncio.sleep(self.delay_seconds)
+
+        refusal = _refusal(body)
+        if refusal is not None:
+            return self._error(400, refusal)
+        model: str = body["model"]
+        messages: list[Any] = body["messages"]
+        max_tokens: int | None = _max_tokens(body)
+
+        if model in self.fail_models:
+            return self._error(self.fail_models[model], f"scripted failure for model {model}")
+        step: ScriptItem | None = self.script.popleft() if self.script else None
+        if step is None and self.default_status is not None:
+            step = self.default_status
+        if isinstance(step, int):
+            return self._error(step, f"scripted failure {step}")
+        return web.json_response(self._completion(body, model, messages, max_tokens))
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        data = [
+            {"id": name, "object": "model", "created": CREATED, "owned_by": "smartspec-stub"}
+            for name in self.models
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    def _completion(
+        self, body: dict[str, Any], model: str, messages: list[Any], max_tokens: int | None
+    ) -> dict[str, Any]:
+        prompt_chars = sum(
+            len(_content_text(m.get("content"))) for m in messages if isinstance(m, dict)
+        )
+        prompt_tokens = max(1, prompt_chars // 4)
+        reply = self.reply_fn(body)
+        finish_reason = "stop"
+        completion_tokens = max(1, len(reply) // 4)
+        if max_tokens is not None and completion_tokens > max_tokens:
+            reply = reply[: max_tokens * 4]
+            completion_tokens = max_tokens
+            finish_reason = "length"
+        return {
+            "id": f"chatcmpl-stub-{next(self._ids):06d}",
+            "object": "chat.completion",
+            "created": CREATED,
+            "model": model,
+            "system_fingerprint": "smartspec-stub",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply},
+                    "finish_reason": finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def _error(self, status: int, message: str) -> web.Response:
+        headers = {"Retry-After": str(self.retry_after_seconds)} if status == 429 else None
+        return web.json_response(error_body(status, message), status=status, headers=headers)
+
+
+def _refusal(body: dict[str, Any]) -> str | None:
+    """Why a completion request is invalid, or None."""
+    max_tokens = _max_tokens(body)
+    if body.get("stream"):
+        return "stream=true is not supported by this stub"
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return "'model' is required"
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        return "'messages' must be a non-empty array"
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        return "'max_tokens' must be a positive integer"
+    return None
+
+
+def _max_tokens(body: dict[str, Any]) -> Any:
+    # The newer name wins; clients send one or the other.
+    newer = body.get("max_completion_tokens")
+    return newer if newer is not None else body.get("max_tokens")
+
+
+def _content_text(content: object) -> str:
+    # Content is a string or a list of parts; only text parts count.
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _parse_fail_model(value: str) -> tuple[str, int]:
+    model, separator, status = value.rpartition("=")
+    if not separator or not model or not status.isdigit():
+        raise argparse.ArgumentTypeError(f"expected MODEL=STATUS, got {value!r}")
+    return model, int(status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Local OpenAI-compatible stub server.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--behaviour",
+        default="ok",
+        help='"ok", or an HTTP status (429, 500, 503, ...) to fail every completion with',
+    )
+    parser.add_argument("--latency-ms", type=int, default=0, help="delay before each answer")
+    parser.add_argument(
+        "--fail-model",
+        type=_parse_fail_model,
+        action="append",
+        default=[],
+        metavar="MODEL=STATUS",
+        help="always fail this model with this status (repeatable)",
+    )
+    parser.add_argument("--model", action="append", default=None, help="listed by /v1/models")
+    args = parser.parse_args(argv)
+    if args.behaviour != "ok" and not (
+        args.behaviour.isdigit() and 400 <= int(args.behaviour) <= 599
+    ):
+        parser.error(f'--behaviour must be "ok" or an HTTP error status, got {args.behaviour!r}')
+    stub = StubServer(
+        host=args.host,
+        port=args.port,
+        models=args.model or ["stub-model"],
+        fail_models=dict(args.fail_model),
+        default_status=None if args.behaviour == "ok" else int(args.behaviour),
+        delay_seconds=args.latency_ms / 1000,
+    )
+    asyncio.run(_serve(stub))
+
+
+async def _serve(stub: StubServer) -> None:
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
+    async with stub:
+        print(json.dumps({"url": stub.url, "port": stub.port}), flush=True)
+        await stopped.wait()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
