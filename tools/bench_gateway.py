@@ -5,8 +5,10 @@
 Starts the real test control plane, S3 (moto), a local OpenAI-compatible stub model server
 and one `smartspec gateway` process, then measures in the same run:
 
-1. latency of litellm -> stub (baseline) and litellm -> gateway -> stub, at 1, 16 and 64
-   concurrent calls: p50, p99, the overhead (gateway minus baseline) and the ratio;
+1. latency of client -> litellm -> stub (baseline: litellm called in-process, as an app
+   without a gateway would) and client -> gateway -> stub (a plain HTTP client, as the OpenAI
+   SDK in a sandbox does; the gateway calls litellm), at 1, 16 and 64 concurrent calls:
+   p50, p99, the overhead (gateway minus baseline) and the ratio;
 2. reservations per second: calls through the gateway at 64 concurrent (each reserves and
    settles against the budget), next to a per-call compare-and-swap design's ceiling
    (4 writers doing reserve + settle CAS writes directly on one CreditBudget).
@@ -30,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import httpx
 import litellm
 import yaml
 
@@ -51,6 +54,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def measure(base: str, key: str, concurrency: int, calls: int) -> list[float]:
+    """Baseline path: litellm in-process straight to the stub."""
     semaphore = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
 
@@ -68,6 +72,33 @@ async def measure(base: str, key: str, concurrency: int, calls: int) -> list[flo
             latencies.append(time.perf_counter() - started)
 
     await asyncio.gather(*(one(index) for index in range(calls)))
+    return latencies
+
+
+async def measure_gateway(url: str, token: str, concurrency: int, calls: int) -> list[float]:
+    """Gateway path: a plain HTTP client, as a sandboxed generator's OpenAI SDK would be."""
+    semaphore = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def one(index: int) -> None:
+            body = {
+                "model": "stub-model",
+                "messages": [{"role": "user", "content": f"benchmark call {index}"}],
+                "max_tokens": 32,
+            }
+            async with semaphore:
+                started = time.perf_counter()
+                response = await client.post(
+                    f"{url}/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                latencies.append(time.perf_counter() - started)
+            response.raise_for_status()
+
+        await asyncio.gather(*(one(index) for index in range(calls)))
     return latencies
 
 
@@ -198,7 +229,8 @@ def main() -> None:
 
         print(
             f"machine: {os.cpu_count()} cores; stub latency {arguments.stub_latency_ms} ms; "
-            f"{arguments.calls} calls per point; litellm client in both paths"
+            f"{arguments.calls} calls per point; plain HTTP client to the gateway, litellm "
+            "in-process for the baseline"
         )
         print(
             f"{'conc':>4} {'base p50':>9} {'gw p50':>8} {'base p99':>9} {'gw p99':>8} "
@@ -206,9 +238,9 @@ def main() -> None:
         )
         for concurrency in (1, 16, 64):
             asyncio.run(measure(f"{stub.url}/v1", "x", concurrency, 30))  # warm-up
-            asyncio.run(measure(f"{gateway.url}/v1", token, concurrency, 30))
+            asyncio.run(measure_gateway(gateway.url, token, concurrency, 30))
             base = asyncio.run(measure(f"{stub.url}/v1", "x", concurrency, arguments.calls))
-            through = asyncio.run(measure(f"{gateway.url}/v1", token, concurrency, arguments.calls))
+            through = asyncio.run(measure_gateway(gateway.url, token, concurrency, arguments.calls))
             b50, g50 = statistics.median(base), statistics.median(through)
             b99, g99 = percentile(base, 0.99), percentile(through, 0.99)
             print(
@@ -219,7 +251,7 @@ def main() -> None:
 
         syncs_before = gateway.metric("smartspec_budget_syncs_total")
         started = time.perf_counter()
-        asyncio.run(measure(f"{gateway.url}/v1", token, 64, arguments.calls * 2))
+        asyncio.run(measure_gateway(gateway.url, token, 64, arguments.calls * 2))
         elapsed = time.perf_counter() - started
         syncs = gateway.metric("smartspec_budget_syncs_total") - syncs_before
         overhead = gateway.metric("smartspec_gateway_overhead_seconds_sum") / max(

@@ -7,7 +7,9 @@ Contract: specs/CORE-003-gateway-and-budgets.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -442,3 +444,39 @@ def test_thresholds_and_exhaustion_become_conditions_and_events(
         "a ThresholdCrossed Event",
     )
     assert events[0]["involvedObject"]["kind"] == "CreditBudget"
+
+
+def test_a_dead_replicas_lease_is_charged_not_lost(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway, stub: StubServer
+) -> None:
+    create_budget(cluster, tenant, 100_000)
+    run = create_run(cluster, tenant)
+    short = {"SMARTSPEC_GATEWAY_LEASE_SECONDS": "2"}
+    doomed, survivor = start_gateway(**short), start_gateway(**short)
+    admin = cluster.rest("admin")
+
+    stub.delay_seconds = 5.0  # the doomed replica dies with this call in flight
+
+    def doomed_call() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the replica dies under it
+            chat(doomed, token_for(run))
+
+    caller = threading.Thread(target=doomed_call, daemon=True)
+    caller.start()
+    lease = wait_for(
+        lambda: [
+            r for r in budget_status(admin, tenant).get("reservations", []) if r["holder"] == "gw-0"
+        ],
+        "the doomed replica's lease",
+    )[0]
+    wait_for(lambda: len(stub.requests) == 1, "the call to reach the provider")
+    assert doomed.stop(signal.SIGKILL) != 0
+    stub.delay_seconds = 0.0
+    time.sleep(2.5)  # past the lease's lifetime
+
+    status, _, _ = chat(survivor, token_for(run))
+    assert status == 200
+    final = settled(admin, tenant)
+    assert all(r["holder"] != "gw-0" for r in final.get("reservations", []))
+    assert final["spentCredits"] >= lease["credits"], "the lapsed lease was charged"
+    assert "ledger OK" in verify_ledger(cluster, tenant, survivor)

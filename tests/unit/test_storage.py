@@ -58,3 +58,12 @@ def test_missing_bucket_is_a_clear_storage_error(s3_client: Any) -> None:
     store = S3ObjectStore("no-such-bucket", client=s3_client)
     with pytest.raises(StorageError, match="cannot write s3://no-such-bucket/k"):
         store.put_if_absent("k", b"x", "text/plain")
+
+
+async def test_async_path_of_the_memory_store_keeps_the_contract() -> None:
+    store = InMemoryObjectStore(BUCKET)
+    assert await store.aput_if_absent("k", b"x", "text/plain") is True
+    assert await store.aput_if_absent("k", b"x", "text/plain") is False
+    with pytest.raises(StorageIntegrityError):
+        await store.aput_if_absent("k", b"y", "text/plain")
+    await store.aclose()

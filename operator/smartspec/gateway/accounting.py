@@ -285,7 +285,7 @@ class LeaseAccount:
         key = segment_key(self.namespace, self.budget, segment)
         body = canonical_json(segment.model_dump(mode="json"))
         try:
-            await asyncio.to_thread(self.store.put_if_absent, key, body, "application/json")
+            await self.store.aput_if_absent(key, body, "application/json")
         except StorageError as error:
             raise BudgetUnavailableError(f"cannot write the ledger: {error}") from error
         last = segment.entries[-1]

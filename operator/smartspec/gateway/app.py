@@ -537,6 +537,7 @@ class Gateway:
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
         await self.flush_all(final=True)
+        await self.store.aclose()
         await self.kube.close()
 
 

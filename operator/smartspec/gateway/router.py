@@ -9,6 +9,7 @@ bundled with the package, because a gateway must start the same way with no inte
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -24,6 +25,10 @@ from smartspec.gateway.config import GatewayConfig
 
 litellm.telemetry = False
 litellm.suppress_debug_info = True
+# litellm logs every call at INFO; at gateway rates that is most of a core spent on lines
+# nobody reads (our own access metrics and ledger already record each call).
+for _name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class UpstreamError(Exception):

@@ -85,7 +85,7 @@ async def store_transcript(
     }
     key = transcript_key(namespace, digest)
     body = canonical_json(document)
-    await asyncio.to_thread(store.put_if_absent, key, body, "application/json")
+    await store.aput_if_absent(key, body, "application/json")
     return store.uri(key)
 
 

@@ -11,12 +11,17 @@ that is reported, never ignored.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import threading
+import urllib.parse
 from typing import Any, Protocol
 
+import aiohttp
 import boto3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -34,6 +39,14 @@ class ObjectStore(Protocol):
 
     def put_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
         """Write once. True when this call created the object, False when it existed."""
+        ...
+
+    async def aput_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
+        """put_if_absent for event-loop callers, without a worker thread."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the async path holds (its HTTP session)."""
         ...
 
     def get(self, key: str) -> bytes:
@@ -57,12 +70,15 @@ class S3ObjectStore:
         client: Any | None = None,
     ) -> None:
         self.bucket = bucket
+        self._endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
         self._client = client or boto3.client(
             "s3",
             endpoint_url=endpoint_url,
             region_name=region,
             config=Config(retries={"max_attempts": 5, "mode": "standard"}),
         )
+        self._region = self._client.meta.region_name or "us-east-1"
+        self._session: aiohttp.ClientSession | None = None
 
     def put_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
         checksum = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
@@ -88,6 +104,58 @@ class S3ObjectStore:
         except BotoCoreError as error:
             raise StorageError(f"cannot write s3://{self.bucket}/{key}: {error}") from error
         return True
+
+    async def aput_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
+        """The same conditional PUT over aiohttp, signed with botocore's SigV4 signer.
+
+        The gateway writes a transcript per call; boto3 in worker threads would cost a thread
+        hop and interpreter-lock contention with the event loop on every one of them.
+        """
+        credentials = self._client._request_signer._credentials
+        if credentials is None:
+            raise StorageError("no S3 credentials: set AWS_ACCESS_KEY_ID or a role")
+        url = self._object_url(key)
+        digest = hashlib.sha256(body).hexdigest()
+        request = AWSRequest(
+            method="PUT",
+            url=url,
+            data=body,
+            headers={
+                "Content-Type": content_type,
+                "If-None-Match": "*",
+                "x-amz-content-sha256": digest,
+            },
+        )
+        S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        try:
+            async with self._session.put(url, data=body, headers=dict(request.headers)) as reply:
+                text = await reply.text()
+                status = reply.status
+        except aiohttp.ClientError as error:
+            raise StorageError(f"cannot write s3://{self.bucket}/{key}: {error}") from error
+        if status == 412:
+            existing = await asyncio.to_thread(self.get, key)
+            if existing != body:
+                raise StorageIntegrityError(
+                    f"s3://{self.bucket}/{key} exists with different content; refusing to continue"
+                )
+            return False
+        if status >= 300:
+            raise StorageError(f"cannot write s3://{self.bucket}/{key}: HTTP {status} {text[:300]}")
+        return True
+
+    def _object_url(self, key: str) -> str:
+        quoted = urllib.parse.quote(key, safe="/")
+        if self._endpoint_url:
+            return f"{self._endpoint_url}/{self.bucket}/{quoted}"
+        return f"https://{self.bucket}.s3.{self._region}.amazonaws.com/{quoted}"
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def get(self, key: str) -> bytes:
         try:
@@ -125,6 +193,12 @@ class InMemoryObjectStore:
         if existing != body:
             raise StorageIntegrityError(f"{self.uri(key)} exists with different content")
         return False
+
+    async def aput_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
+        return self.put_if_absent(key, body, content_type)
+
+    async def aclose(self) -> None:
+        return None
 
     def get(self, key: str) -> bytes:
         try:
