@@ -327,8 +327,8 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     print()
     print(f"All {len(resources)} manifests are valid against smartspec.dev/v1alpha1.")
     print(
-        "Built so far: the resource types and CRDs, and the Spec registry "
-        "(`smartspec operator`: revisions, S3 snapshots, lint, secret scan)."
+        "Built so far: the resource types and CRDs, the Spec registry "
+        "(`smartspec operator`) and the LLM gateway (`smartspec gateway`)."
     )
     print(
         "Not built yet: the LLM gateway and the run pipeline (generator and test Jobs). "
