@@ -1,0 +1,502 @@
+"""The GenerationRun state machine: (run, spec, budget, observed Jobs, results, now) → decision.
+
+Contract: specs/CORE-004-generation-runs.md, section "Behaviour".
+
+Pure: the reconciler gathers observations (the Spec's status, the budget, the run's Jobs and
+what the sandboxes left in S3), calls `decide`, then carries out the actions and writes the
+status. Every action is idempotent by name (`<run>-gen-<k>`, `<run>-test-<k>`), so running
+`decide` again after a crash anywhere asks for the same Jobs, never a second one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from smartspec.api.v1alpha1.common import ConditionStatus
+from smartspec.api.v1alpha1.generationrun import (
+    Artifacts,
+    AttemptResult,
+    AttemptStatus,
+    Backend,
+    ConditionType,
+    Evidence,
+    GenerationRun,
+    GenerationRunStatus,
+    Phase,
+    PinnedSpec,
+    Reason,
+)
+from smartspec.api.v1alpha1.spec import Lifecycle
+from smartspec.logic.conditions import set_condition
+
+# Exit codes of the sandbox programs (CORE-004, "Exit codes").
+EXIT_TESTS_FAILED = 1
+EXIT_GENERATION_FAILED = 3
+EXIT_SECRET_DETECTED = 4
+EXIT_MANIFEST_MISMATCH = 5
+
+
+@dataclass(frozen=True)
+class SpecObservation:
+    """What admission needs of the Spec a run names."""
+
+    lifecycle: Lifecycle
+    ready: bool
+    ready_reason: str
+    revision: int | None
+    content_hash: str | None
+    snapshot_uri: str | None
+    history: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    """contentHash -> (revision, snapshotUri) of the revisions the Spec still lists."""
+
+
+@dataclass(frozen=True)
+class BudgetObservation:
+    """What admission needs of the run's CreditBudget."""
+
+    exhausted: bool
+    model_allowed: bool
+
+
+class JobState(StrEnum):
+    ACTIVE = "Active"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """A sandbox Job as the reconciler saw it (with its pod's exit code when finished)."""
+
+    state: JobState
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    """The container's termination message (the program's last JSON line)."""
+
+
+@dataclass(frozen=True)
+class ManifestObservation:
+    """Read from the attempt's manifest after the generator Job succeeded."""
+
+    artifacts_uri: str
+    manifest_sha256: str
+    file_count: int
+    tasks_total: int
+
+
+@dataclass(frozen=True)
+class ReportObservation:
+    """Read from the attempt's report/summary.json after the test Job finished."""
+
+    report_uri: str
+    summary_sha256: str
+    passed: int
+    failed: int
+    skipped: int
+    requirements_covered: int
+    requirements_total: int
+    all_passed: bool
+
+
+class ActionKind(StrEnum):
+    CREATE_GENERATOR_JOB = "CreateGeneratorJob"
+    CREATE_TEST_JOB = "CreateTestJob"
+    SUSPEND_JOBS = "SuspendJobs"
+    RESUME_JOBS = "ResumeJobs"
+    DELETE_ACTIVE_JOBS = "DeleteActiveJobs"
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Observations:
+    """Everything `decide` reads besides the run itself."""
+
+    spec: SpecObservation | None
+    budget: BudgetObservation | None
+    jobs: dict[str, JobObservation]
+    generator_results: dict[int, ManifestObservation] = field(default_factory=dict)
+    test_results: dict[int, ReportObservation] = field(default_factory=dict)
+
+
+@dataclass
+class Decision:
+    status: GenerationRunStatus
+    actions: list[Action] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    requeue_seconds: float | None = None
+
+
+def generator_job_name(run: str, attempt: int) -> str:
+    return f"{run}-gen-{attempt}"
+
+
+def test_job_name(run: str, attempt: int) -> str:
+    return f"{run}-test-{attempt}"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+
+def decide(run: GenerationRun, seen: Observations, now: datetime) -> Decision:
+    """The next status and the actions that get the run there."""
+    status = (run.status or GenerationRunStatus()).model_copy(deep=True)
+    decision = Decision(status=status)
+    status.observed_generation = run.metadata.generation
+    if status.phase in TERMINAL_PHASES:
+        return decision
+    if status.pinned_spec is None:
+        _admit(run, seen, now, decision)
+        return decision
+    if _timed_out(run, now):
+        _fail(decision, Reason.RUN_TIMEOUT, "the run exceeded timeouts.totalSeconds", now)
+        decision.actions.append(Action(ActionKind.DELETE_ACTIVE_JOBS))
+        return decision
+    if run.spec.suspend:
+        if status.phase != Phase.SUSPENDED:
+            status.phase = Phase.SUSPENDED
+            decision.actions.append(Action(ActionKind.SUSPEND_JOBS))
+            decision.events.append(EventRecord("Normal", Reason.SUSPENDED, "run suspended"))
+        return decision
+    if status.phase == Phase.SUSPENDED:
+        attempt = _current(decision)
+        status.phase = Phase.TESTING if attempt.test_job else Phase.GENERATING
+        decision.actions.append(Action(ActionKind.RESUME_JOBS))
+        decision.events.append(EventRecord("Normal", "Resumed", "run resumed"))
+    _advance(run, seen, now, decision)
+    return decision
+
+
+def _set(
+    decision: Decision,
+    kind: ConditionType,
+    value: ConditionStatus,
+    *,
+    why: tuple[str, str],
+    now: datetime,
+) -> None:
+    reason, message = why
+    decision.status.conditions = set_condition(
+        decision.status.conditions,
+        condition_type=kind,
+        status=value,
+        reason=reason,
+        message=message[:32768],
+        observed_generation=decision.status.observed_generation,
+        now=now,
+    )
+
+
+def _admit(run: GenerationRun, seen: Observations, now: datetime, decision: Decision) -> None:
+    refusal = _admission_refusal(run, seen)
+    if refusal is not None:
+        reason, message, terminal = refusal
+        _set(decision, ConditionType.ADMITTED, "False", why=(reason, message), now=now)
+        if terminal:
+            _fail(decision, reason, message, now)
+        else:
+            decision.status.phase = Phase.PENDING
+            decision.requeue_seconds = 10
+        if not _already_reported(run, ConditionType.ADMITTED, reason):
+            decision.events.append(EventRecord("Warning", reason, message))
+        return
+    if seen.spec is None:
+        raise ValueError("admission passed without a Spec")
+    revision, content_hash, snapshot_uri = _pinned_revision(run, seen.spec)
+    if snapshot_uri is None:
+        raise ValueError("admission passed without a snapshot")
+    decision.status.pinned_spec = PinnedSpec(
+        name=run.spec.spec_ref.name,
+        revision=revision,
+        content_hash=content_hash,
+        snapshot_uri=snapshot_uri,
+    )
+    decision.status.start_time = now
+    message = f"building Spec {run.spec.spec_ref.name} revision {revision} ({content_hash})"
+    _set(decision, ConditionType.ADMITTED, "True", why=(Reason.ADMITTED, message), now=now)
+    decision.events.append(EventRecord("Normal", Reason.ADMITTED, message))
+    _start_attempt(run, 1, now, decision)
+
+
+def _admission_refusal(run: GenerationRun, seen: Observations) -> tuple[Reason, str, bool] | None:
+    """(reason, message, terminal) when the run may not start (yet)."""
+    spec = seen.spec
+    if spec is None:
+        name = run.spec.spec_ref.name
+        return Reason.SPEC_NOT_FOUND, f"Spec {name} does not exist in this namespace", False
+    return _spec_refusal(run, spec) or _budget_refusal(run, seen.budget)
+
+
+def _spec_refusal(run: GenerationRun, spec: SpecObservation) -> tuple[Reason, str, bool] | None:
+    name = run.spec.spec_ref.name
+    pinned = run.spec.spec_ref.content_hash
+    known = pinned is None or pinned == spec.content_hash or pinned in spec.history
+    checks: list[tuple[bool, Reason, str, bool]] = [
+        (
+            spec.lifecycle is Lifecycle.DEPRECATED,
+            Reason.SPEC_DEPRECATED,
+            f"Spec {name} is Deprecated and accepts no new runs",
+            True,
+        ),
+        (
+            spec.lifecycle is not Lifecycle.APPROVED and not run.spec.allow_draft,
+            Reason.SPEC_NOT_APPROVED,
+            f"Spec {name} is {spec.lifecycle.value}; approve it or set allowDraft: true",
+            False,
+        ),
+        (
+            not known,
+            Reason.SPEC_HASH_MISMATCH,
+            f"Spec {name} has no revision with content hash {pinned}",
+            True,
+        ),
+        (
+            (pinned is None or pinned == spec.content_hash) and not spec.ready,
+            Reason.SPEC_NOT_READY,
+            f"Spec {name} is not Ready ({spec.ready_reason})",
+            False,
+        ),
+        (
+            pinned is not None and pinned in spec.history and spec.history[pinned][1] is None,
+            Reason.SPEC_NOT_READY,
+            f"revision {pinned} of Spec {name} has no snapshot",
+            False,
+        ),
+    ]
+    return next(((r, m, t) for failed, r, m, t in checks if failed), None)
+
+
+def _budget_refusal(
+    run: GenerationRun, budget: BudgetObservation | None
+) -> tuple[Reason, str, bool] | None:
+    if run.spec.generator.backend is not Backend.LLM:
+        return None  # the builtin generator calls no model and costs nothing
+    if budget is None:
+        name = run.spec.budget_ref.name
+        return Reason.BUDGET_NOT_FOUND, f"CreditBudget {name} does not exist", False
+    if not budget.model_allowed:
+        model = run.spec.generator.model
+        return Reason.MODEL_NOT_ALLOWED, f"model {model} is not allowed by the budget", True
+    if budget.exhausted:
+        return Reason.BUDGET_EXHAUSTED, "the budget has no credits left this period", True
+    return None
+
+
+def _pinned_revision(run: GenerationRun, spec: SpecObservation) -> tuple[int, str, str | None]:
+    pinned = run.spec.spec_ref.content_hash
+    if pinned is not None and pinned != spec.content_hash:
+        revision, snapshot_uri = spec.history[pinned]
+        return revision, pinned, snapshot_uri
+    if spec.revision is None or spec.content_hash is None:
+        raise ValueError("a Ready Spec has a revision and a content hash")
+    return spec.revision, spec.content_hash, spec.snapshot_uri
+
+
+def _already_reported(run: GenerationRun, kind: ConditionType, reason: str) -> bool:
+    for condition in run.status.conditions if run.status else []:
+        if condition.type == kind and condition.reason == reason:
+            return True
+    return False
+
+
+def _timed_out(run: GenerationRun, now: datetime) -> bool:
+    start = run.status.start_time if run.status else None
+    return start is not None and now - start > timedelta(seconds=run.spec.timeouts.total_seconds)
+
+
+def _fail(decision: Decision, reason: str, message: str, now: datetime) -> None:
+    status = decision.status
+    status.phase = Phase.FAILED
+    status.completion_time = now
+    _set(decision, ConditionType.SUCCEEDED, "False", why=(reason, message), now=now)
+    decision.events.append(EventRecord("Warning", reason, message))
+
+
+def _start_attempt(run: GenerationRun, attempt: int, now: datetime, decision: Decision) -> None:
+    status = decision.status
+    status.attempt = attempt
+    status.phase = Phase.GENERATING
+    status.attempts = [a for a in status.attempts if a.number != attempt] + [
+        AttemptStatus(
+            number=attempt,
+            generator_job=generator_job_name(run.metadata.name, attempt),
+            result=AttemptResult.RUNNING,
+            started_at=now,
+        )
+    ]
+    status.progress = None
+    message = f"attempt {attempt} of {run.spec.max_attempts}: generating"
+    _set(decision, ConditionType.GENERATED, "False", why=(Reason.GENERATING, message), now=now)
+    decision.actions.append(Action(ActionKind.CREATE_GENERATOR_JOB, attempt))
+    decision.events.append(EventRecord("Normal", Reason.GENERATING, message))
+
+
+def _current(decision: Decision) -> AttemptStatus:
+    number = decision.status.attempt or 1
+    return next(a for a in decision.status.attempts if a.number == number)
+
+
+def _advance(run: GenerationRun, seen: Observations, now: datetime, decision: Decision) -> None:
+    if decision.status.phase == Phase.GENERATING:
+        _advance_generation(run, seen, now, decision)
+    else:
+        _advance_testing(run, seen, now, decision)
+
+
+def _advance_generation(
+    run: GenerationRun, seen: Observations, now: datetime, decision: Decision
+) -> None:
+    status = decision.status
+    attempt = _current(decision)
+    job = seen.jobs.get(generator_job_name(run.metadata.name, attempt.number))
+    if job is None:
+        decision.actions.append(Action(ActionKind.CREATE_GENERATOR_JOB, attempt.number))
+        return
+    if job.state in {JobState.ACTIVE, JobState.SUSPENDED}:
+        return
+    if job.state is JobState.FAILED:
+        _attempt_failed_in_generation(run, job, now, decision)
+        return
+    result = seen.generator_results.get(attempt.number)
+    if result is None:
+        _attempt_error(
+            run,
+            now,
+            decision,
+            Reason.GENERATION_FAILED,
+            "the generator succeeded but left no manifest",
+        )
+        return
+    status.artifacts = Artifacts(
+        uri=result.artifacts_uri,
+        manifest_sha256=result.manifest_sha256,
+        file_count=result.file_count,
+    )
+    status.phase = Phase.TESTING
+    attempt.test_job = test_job_name(run.metadata.name, attempt.number)
+    message = f"attempt {attempt.number}: {result.file_count} files generated; testing"
+    _set(decision, ConditionType.GENERATED, "True", why=(Reason.GENERATED, message), now=now)
+    _set(decision, ConditionType.TESTED, "False", why=(Reason.TESTING, message), now=now)
+    decision.actions.append(Action(ActionKind.CREATE_TEST_JOB, attempt.number))
+    decision.events.append(EventRecord("Normal", Reason.GENERATED, message))
+
+
+def _advance_testing(
+    run: GenerationRun, seen: Observations, now: datetime, decision: Decision
+) -> None:
+    status = decision.status
+    attempt = _current(decision)
+    job = seen.jobs.get(test_job_name(run.metadata.name, attempt.number))
+    if job is None:
+        decision.actions.append(Action(ActionKind.CREATE_TEST_JOB, attempt.number))
+        return
+    if job.state in {JobState.ACTIVE, JobState.SUSPENDED}:
+        return
+    report = seen.test_results.get(attempt.number)
+    if report is not None:
+        status.evidence = Evidence(
+            report_uri=report.report_uri,
+            tests_passed=report.passed,
+            tests_failed=report.failed,
+            tests_skipped=report.skipped,
+            requirements_covered=report.requirements_covered,
+            requirements_total=report.requirements_total,
+            summary=f"{report.passed}/{report.passed + report.failed}",
+        )
+        attempt.tests_passed, attempt.tests_failed = report.passed, report.failed
+    if job.state is JobState.SUCCEEDED and report is not None and report.all_passed:
+        attempt.result = AttemptResult.PASSED
+        attempt.finished_at = now
+        message = f"attempt {attempt.number}: {report.passed} tests passed"
+        _set(decision, ConditionType.TESTED, "True", why=(Reason.TESTS_PASSED, message), now=now)
+        _set(decision, ConditionType.SUCCEEDED, "True", why=(Reason.TESTS_PASSED, message), now=now)
+        status.phase = Phase.SUCCEEDED
+        status.completion_time = now
+        decision.events.append(EventRecord("Normal", Reason.TESTS_PASSED, message))
+        return
+    if report is not None and job.exit_code == EXIT_TESTS_FAILED:
+        attempt.result = AttemptResult.FAILED
+        attempt.feedback_digest = report.summary_sha256
+        attempt.finished_at = now
+        total = report.passed + report.failed
+        message = f"attempt {attempt.number}: {report.failed} of {total} tests failed"
+        _set(decision, ConditionType.TESTED, "False", why=(Reason.TESTS_FAILED, message), now=now)
+        decision.events.append(EventRecord("Warning", Reason.TESTS_FAILED, message))
+        _next_attempt_or_fail(run, now, decision, Reason.ATTEMPTS_EXHAUSTED, message)
+        return
+    detail = job.message or f"the test Job failed ({job.reason or 'no report'})"
+    _attempt_error(run, now, decision, Reason.TESTS_FAILED, detail)
+
+
+def _attempt_failed_in_generation(
+    run: GenerationRun, job: JobObservation, now: datetime, decision: Decision
+) -> None:
+    detail = job.message or job.reason or "the generator Job failed"
+    if job.reason == "DeadlineExceeded":
+        _attempt_error(
+            run, now, decision, Reason.ATTEMPT_TIMEOUT, "the attempt exceeded its deadline"
+        )
+    elif job.exit_code == EXIT_SECRET_DETECTED:
+        _attempt_error(run, now, decision, Reason.SECRET_DETECTED, detail, retry=False)
+    elif "budget_exceeded" in detail or "budget_exhausted" in detail:
+        _attempt_error(run, now, decision, Reason.BUDGET_EXHAUSTED, detail, retry=False)
+    else:
+        _attempt_error(run, now, decision, Reason.GENERATION_FAILED, detail)
+
+
+def _attempt_error(
+    run: GenerationRun,
+    now: datetime,
+    decision: Decision,
+    reason: str,
+    message: str,
+    *,
+    retry: bool = True,
+) -> None:
+    attempt = _current(decision)
+    attempt.result = AttemptResult.ERROR
+    attempt.reason = reason
+    attempt.message = message[:4096]
+    attempt.finished_at = now
+    condition = (
+        ConditionType.GENERATED
+        if decision.status.phase == Phase.GENERATING
+        else ConditionType.TESTED
+    )
+    _set(decision, condition, "False", why=(reason, message[:32768]), now=now)
+    if retry:
+        _next_attempt_or_fail(run, now, decision, reason, message)
+    else:
+        _fail(decision, reason, message, now)
+
+
+def _next_attempt_or_fail(
+    run: GenerationRun, now: datetime, decision: Decision, reason: str, message: str
+) -> None:
+    attempt = _current(decision)
+    if attempt.number < run.spec.max_attempts:
+        _start_attempt(run, attempt.number + 1, now, decision)
+        return
+    final = f"{message}; no attempts left ({run.spec.max_attempts})"
+    _fail(
+        decision, reason if reason != Reason.TESTS_FAILED else Reason.ATTEMPTS_EXHAUSTED, final, now
+    )
+
+
+def is_terminal(run: GenerationRun) -> bool:
+    return run.status is not None and run.status.phase in TERMINAL_PHASES
