@@ -6,6 +6,7 @@ See specs/TEST-001-control-plane.md. Polls with generous timeouts; no speed asse
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
@@ -243,3 +244,51 @@ def test_s3_endpoint_put_get(s3: S3Endpoint) -> None:
     assert got == b"hello smartspec"
     keys = [o["Key"] for o in s3c.list_objects_v2(Bucket=s3.bucket)["Contents"]]
     assert keys == ["dir/hello.txt"]
+
+
+def test_local_node_materialises_secret_and_empty_dir_volumes(
+    cluster: Cluster, namespace: str, local_node: LocalNode
+) -> None:
+    """A program told by env where its mounted Secret is finds it; so does its workspace."""
+    rest = cluster.rest()
+    secret = base64.b64encode(b'{"role": "generator"}').decode()
+    rest.post(
+        f"/api/v1/namespaces/{namespace}/secrets",
+        {"metadata": {"name": "instructions"}, "data": {"instructions.json": secret}},
+    )
+    check = (
+        "import json, os, pathlib, sys\n"
+        "data = json.loads(pathlib.Path(os.environ['INSTRUCTIONS_FILE']).read_text())\n"
+        "pathlib.Path(os.environ['WORKSPACE'], 'out.txt').write_text('ok')\n"
+        "sys.exit(0 if data == {'role': 'generator'} else 3)\n"
+    )
+    pod = _pod_spec(
+        _py(check),
+        volumes=[
+            {
+                "name": "instructions",
+                "secret": {
+                    "secretName": "instructions",
+                    "defaultMode": 256,
+                    "items": [{"key": "instructions.json", "path": "instructions.json"}],
+                },
+            },
+            {"name": "workspace", "emptyDir": {}},
+        ],
+    )
+    pod["containers"][0]["env"] = [
+        {"name": "INSTRUCTIONS_FILE", "value": "/var/run/smartspec/instructions.json"},
+        {"name": "WORKSPACE", "value": "/workspace"},
+    ]
+    pod["containers"][0]["volumeMounts"] = [
+        {"name": "instructions", "mountPath": "/var/run/smartspec", "readOnly": True},
+        {"name": "workspace", "mountPath": "/workspace"},
+    ]
+    jobs = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+    rest.post(
+        jobs,
+        {"metadata": {"name": "mounts"}, "spec": {"backoffLimit": 0, "template": {"spec": pod}}},
+    )
+    outcome = _wait_for("job mounts to finish", lambda: _job_condition(rest, namespace, "mounts"))
+    pods = rest.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector="job-name=mounts")
+    assert outcome == "Complete", [p["status"] for p in pods["items"]]

@@ -471,7 +471,7 @@ class LocalNode:
 
         while True:
             try:
-                argv, env = self._command(pod, container)
+                argv, env = self._command(pod, container, run.workdir)
             except _ConfigError as exc:
                 self._update_status(
                     run.namespace,
@@ -551,9 +551,17 @@ class LocalNode:
             self._finish(run, container, phase="Failed", state=killed)
             self._delete_now(run.namespace, run.name, run.uid)
 
-    def _command(self, pod: Obj, container: Obj) -> tuple[list[str], dict[str, str]]:
+    def _command(self, pod: Obj, container: Obj, workdir: Path) -> tuple[list[str], dict[str, str]]:
         """argv ($(VAR)-expanded command + args) and environment of the container."""
         env = self._container_env(pod, container)
+        mounts = self._materialize_volumes(pod, container, workdir / "volumes")
+        # No mount namespace here: environment values that point into a mount (the usual way
+        # a program is told where its files are) are pointed at the materialised copy.
+        for key, value in env.items():
+            for mount_path, local in mounts.items():
+                if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                    env[key] = str(local) + value[len(mount_path.rstrip("/")) :]
+                    break
         command = container.get("command") or []
         if not command:
             raise _UnsupportedError(
@@ -678,6 +686,46 @@ class LocalNode:
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
+
+    def _materialize_volumes(self, pod: Obj, container: Obj, root: Path) -> dict[str, Path]:
+        """emptyDir, Secret and ConfigMap volumes as local directories, by mount path.
+
+        Secret and ConfigMap items are written as files with the volume's defaultMode. A
+        projected volume (the API server adds one for the service-account token) stays empty:
+        no token is handed to a local process. Other volume types fail the pod clearly.
+        """
+        volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes") or []}
+        namespace = pod["metadata"]["namespace"]
+        mounts: dict[str, Path] = {}
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"])
+            if volume is None:
+                raise _UnsupportedError(f"volumeMount {mount['name']!r} names no volume")
+            local = root / mount["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            if "secret" in volume or "configMap" in volume:
+                kind, source = (
+                    ("secret", volume["secret"])
+                    if "secret" in volume
+                    else ("configmap", volume["configMap"])
+                )
+                name = source.get("secretName") or source.get("name")
+                data = self._read_data(kind, namespace, name, source.get("optional", False)) or {}
+                items = source.get("items") or [{"key": key, "path": key} for key in data]
+                for item in items:
+                    if item["key"] not in data:
+                        raise _ConfigError(f"{kind} {name} has no key {item['key']!r}")
+                    target = local / item["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(data[item["key"]])
+                    target.chmod(source.get("defaultMode", 0o644) & 0o777)
+            elif "emptyDir" not in volume and "projected" not in volume:
+                raise _UnsupportedError(
+                    f"volume {mount['name']!r}: the local node supports only emptyDir, secret, "
+                    "configMap and (empty) projected volumes"
+                )
+            mounts[mount["mountPath"]] = local
+        return mounts
 
     # -- environment -----------------------------------------------------------------------
 
