@@ -67,3 +67,16 @@ async def test_async_path_of_the_memory_store_keeps_the_contract() -> None:
     with pytest.raises(StorageIntegrityError):
         await store.aput_if_absent("k", b"y", "text/plain")
     await store.aclose()
+
+
+def test_presigned_urls_carry_no_long_lived_secret(s3_client: Any) -> None:
+    store = S3ObjectStore(BUCKET, client=s3_client)
+    url = store.presign_get("ns/runs/r/uid/attempt-1/manifest.json", 600)
+    assert "X-Amz-Expires=600" in url or "Expires=" in url
+    assert "smartspec-unit" in url
+    upload = store.presign_upload("ns/runs/r/uid/attempt-1/", 600)
+    assert upload["keyPrefix"] == "ns/runs/r/uid/attempt-1/"
+    assert "policy" in {name.lower() for name in upload["fields"]}
+    assert "key" not in upload["fields"], "the sandbox names each key under the prefix"
+    with pytest.raises(ValueError, match="must end with /"):
+        store.presign_upload("ns/runs/r", 600)

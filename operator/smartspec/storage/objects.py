@@ -146,6 +146,26 @@ class S3ObjectStore:
             raise StorageError(f"cannot write s3://{self.bucket}/{key}: HTTP {status} {text[:300]}")
         return True
 
+    def presign_get(self, key: str, expires_seconds: int) -> str:
+        """A URL that reads one object until it expires: what a sandbox gets instead of keys."""
+        url: str = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
+        )
+        return url
+
+    def presign_upload(self, key_prefix: str, expires_seconds: int) -> dict[str, Any]:
+        """A presigned POST allowing any key under `key_prefix` (CORE-004 "upload")."""
+        if not key_prefix.endswith("/"):
+            raise ValueError("an upload prefix must end with /")
+        post = self._client.generate_presigned_post(
+            Bucket=self.bucket,
+            Key=key_prefix + "${filename}",
+            Conditions=[["starts-with", "$key", key_prefix]],
+            ExpiresIn=expires_seconds,
+        )
+        fields = {k: v for k, v in post["fields"].items() if k != "key"}
+        return {"url": post["url"], "fields": fields, "keyPrefix": key_prefix}
+
     def _object_url(self, key: str) -> str:
         quoted = urllib.parse.quote(key, safe="/")
         if self._endpoint_url:
