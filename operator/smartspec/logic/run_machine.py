@@ -30,6 +30,7 @@ from smartspec.api.v1alpha1.generationrun import (
 )
 from smartspec.api.v1alpha1.spec import Lifecycle
 from smartspec.logic.conditions import set_condition
+from smartspec.logic.naming import generator_job_name, test_job_name
 
 # Exit codes of the sandbox programs (CORE-004, "Exit codes").
 EXIT_TESTS_FAILED = 1
@@ -140,14 +141,6 @@ class Decision:
     actions: list[Action] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
     requeue_seconds: float | None = None
-
-
-def generator_job_name(run: str, attempt: int) -> str:
-    return f"{run}-gen-{attempt}"
-
-
-def test_job_name(run: str, attempt: int) -> str:
-    return f"{run}-test-{attempt}"
 
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED})
