@@ -19,8 +19,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
+from pydantic_settings import BaseSettings
 
 from smartspec import __version__
 from smartspec.api.manifests import (
@@ -33,6 +35,8 @@ from smartspec.api.v1alpha1 import CreditBudget, GenerationRun, Resource, Spec
 from smartspec.api.v1alpha1.creditbudget import CreditBudgetStatus
 from smartspec.builders.crds import build_crds, crd_file_name, render_crd_yaml
 from smartspec.builders.static import build_static_manifests, render_manifests_yaml
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -110,37 +114,38 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_operator(arguments: argparse.Namespace) -> int:
-    # Imported here so the pure commands (crds, validate) start without kopf and boto3.
+def _load_settings(settings_class: type[SettingsT], what: str) -> SettingsT | None:
+    """Settings from the environment, or None after printing one line per bad variable."""
     from pydantic import ValidationError  # noqa: PLC0415
 
+    try:
+        return settings_class()
+    except ValidationError as error:
+        print(f"invalid {what} settings (SMARTSPEC_* environment variables):", file=sys.stderr)
+        for problem in describe_validation_error(error):
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _run_operator(arguments: argparse.Namespace) -> int:
+    # Imported here so the pure commands (crds, validate) start without kopf and boto3.
     from smartspec.runtime import run_operator  # noqa: PLC0415
     from smartspec.settings import OperatorSettings  # noqa: PLC0415
 
-    try:
-        settings = OperatorSettings()
-    except ValidationError as error:
-        print("invalid operator settings (SMARTSPEC_* environment variables):", file=sys.stderr)
-        for problem in describe_validation_error(error):
-            print(f"  {problem}", file=sys.stderr)
+    settings = _load_settings(OperatorSettings, "operator")
+    if settings is None:
         return EXIT_USAGE
     run_operator(settings)
     return EXIT_OK
 
 
 def _run_gateway(arguments: argparse.Namespace) -> int:
-    from pydantic import ValidationError  # noqa: PLC0415
-
     from smartspec.gateway.config import ConfigError  # noqa: PLC0415
     from smartspec.gateway.server import run_gateway  # noqa: PLC0415
     from smartspec.settings import GatewaySettings  # noqa: PLC0415
 
-    try:
-        settings = GatewaySettings()
-    except ValidationError as error:
-        print("invalid gateway settings (SMARTSPEC_* environment variables):", file=sys.stderr)
-        for problem in describe_validation_error(error):
-            print(f"  {problem}", file=sys.stderr)
+    settings = _load_settings(GatewaySettings, "gateway")
+    if settings is None:
         return EXIT_USAGE
     try:
         run_gateway(settings)

@@ -20,11 +20,27 @@ from smartspec.builders.rbac import BUILDER_ROLE, GATEWAY_ROLE, OPERATOR_ROLE, P
 from stubs.openai_stub import StubServer
 from testcluster.harness import TEST_TOKEN_KEY, GatewayProcess, OperatorProcess, apply_documents
 from testcluster.plugin import Cluster
-from testcluster.rest import ApiException
+from testcluster.rest import ApiException, Rest
 from testcluster.s3 import S3Endpoint
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
+
+
+def bind_cluster_role(rest: Rest, role: str, kind: str, subject: str) -> None:
+    """A ClusterRoleBinding of `role` to one User or Group (idempotent)."""
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": f"{role}-{subject.replace(':', '-')}"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": subject}],
+    }
+    try:
+        rest.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+    except ApiException as error:
+        if error.status != 409:
+            raise
 
 
 @pytest.fixture(scope="session")
@@ -33,51 +49,15 @@ def operator_rbac(cluster: Cluster, crds: list[str]) -> None:
     admin = cluster.rest("admin")
     apply_documents(admin, DEPLOY / "rbac-operator.yaml")
     apply_documents(admin, DEPLOY / "rbac-users.yaml")
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "smartspec-operator"},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": OPERATOR_ROLE,
-        },
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "operator"}],
-    }
-    try:
-        admin.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
-    except ApiException as error:
-        if error.status != 409:
-            raise
+    bind_cluster_role(admin, OPERATOR_ROLE, "User", "operator")
 
 
 @pytest.fixture(scope="session")
 def platform_admins(cluster: Cluster, operator_rbac: None) -> None:
     """The platform-admin ClusterRole bound cluster-wide to the platform-admins group."""
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "smartspec-platform-admins"},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": PLATFORM_ADMIN_ROLE,
-        },
-        "subjects": [
-            {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Group",
-                "name": "smartspec:platform-admins",
-            }
-        ],
-    }
-    try:
-        cluster.rest("admin").post(
-            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding
-        )
-    except ApiException as error:
-        if error.status != 409:
-            raise
+    bind_cluster_role(
+        cluster.rest("admin"), PLATFORM_ADMIN_ROLE, "Group", "smartspec:platform-admins"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -183,22 +163,7 @@ def gateway_rbac(cluster: Cluster, crds: list[str]) -> None:
     """deploy/rbac-gateway.yaml bound to the gateway identity, and nothing more."""
     admin = cluster.rest("admin")
     apply_documents(admin, DEPLOY / "rbac-gateway.yaml")
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "smartspec-gateway"},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": GATEWAY_ROLE,
-        },
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "gateway"}],
-    }
-    try:
-        admin.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
-    except ApiException as error:
-        if error.status != 409:
-            raise
+    bind_cluster_role(admin, GATEWAY_ROLE, "User", "gateway")
 
 
 @pytest.fixture

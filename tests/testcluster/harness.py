@@ -66,47 +66,39 @@ def apply_documents(rest: Rest, path: Path) -> list[dict[str, Any]]:
     return documents
 
 
-class OperatorProcess:
-    """`smartspec operator` as a child process, with its JSON log kept for assertions."""
+class SmartspecProcess:
+    """A `smartspec <command>` child process with its log kept, ready when `probe_path` (on
+    `probe_port`) answers 200, and its Prometheus metrics readable."""
 
-    def __init__(
-        self, cluster: Cluster, s3: S3Endpoint, namespaces: list[str], log_path: Path
-    ) -> None:
+    command = ""
+    probe_path = "/healthz"
+
+    def __init__(self, log_path: Path, env: dict[str, str], probe_port: int, metrics_port: int):
         self.log_path = log_path
-        self.metrics_port = free_port()
-        self.liveness_port = free_port()
-        self.env = {
-            **os.environ,
-            **s3.env(),
-            "KUBECONFIG": str(cluster.kubeconfig("operator")),
-            "SMARTSPEC_NAMESPACES": json.dumps(namespaces),
-            "SMARTSPEC_S3_BUCKET": s3.bucket,
-            "SMARTSPEC_S3_ENDPOINT_URL": s3.endpoint_url,
-            "SMARTSPEC_S3_REGION": s3.region,
-            "SMARTSPEC_METRICS_PORT": str(self.metrics_port),
-            "SMARTSPEC_LIVENESS_PORT": str(self.liveness_port),
-            "SMARTSPEC_DEPENDENCY_RECHECK_SECONDS": "5",
-            "SMARTSPEC_LOG_LEVEL": "DEBUG",
-        }
+        self.env = env
+        self.probe_port = probe_port
+        self.metrics_port = metrics_port
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "smartspec", "operator"],
+                [sys.executable, "-m", "smartspec", self.command],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        wait_for(self._is_live, "the operator's liveness endpoint", timeout=60)
+        wait_for(self._is_ready, f"smartspec {self.command} to answer {self.probe_path}", 90)
 
-    def _is_live(self) -> bool:
+    def _is_ready(self) -> bool:
         if self._process is not None and self._process.poll() is not None:
-            pytest.fail(f"the operator exited with {self._process.returncode}:\n{self.log()}")
+            pytest.fail(
+                f"smartspec {self.command} exited with {self._process.returncode}:\n{self.log()}"
+            )
         try:
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2
+                f"http://127.0.0.1:{self.probe_port}{self.probe_path}", timeout=2
             ) as response:
                 return bool(response.status == 200)
         except OSError:
@@ -117,10 +109,14 @@ class OperatorProcess:
         assert self._process is not None
         self._process.send_signal(sig)
         try:
-            return self._process.wait(timeout=30)
+            return self._process.wait(timeout=40)
         except subprocess.TimeoutExpired:
             self._process.kill()
             return self._process.wait(timeout=10)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -135,7 +131,7 @@ class OperatorProcess:
         return records
 
     def metric(self, name: str, **labels: str) -> float:
-        """One sample from the operator's /metrics (0 when absent)."""
+        """One sample from the process's /metrics (0 when absent)."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
@@ -146,13 +142,37 @@ class OperatorProcess:
                 return float(line.split()[-1])
         return 0.0
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+
+class OperatorProcess(SmartspecProcess):
+    """`smartspec operator` watching the given namespaces, with exactly the operator's RBAC."""
+
+    command = "operator"
+
+    def __init__(
+        self, cluster: Cluster, s3: S3Endpoint, namespaces: list[str], log_path: Path
+    ) -> None:
+        metrics_port, liveness_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            **s3.env(),
+            "KUBECONFIG": str(cluster.kubeconfig("operator")),
+            "SMARTSPEC_NAMESPACES": json.dumps(namespaces),
+            "SMARTSPEC_S3_BUCKET": s3.bucket,
+            "SMARTSPEC_S3_ENDPOINT_URL": s3.endpoint_url,
+            "SMARTSPEC_S3_REGION": s3.region,
+            "SMARTSPEC_METRICS_PORT": str(metrics_port),
+            "SMARTSPEC_LIVENESS_PORT": str(liveness_port),
+            "SMARTSPEC_DEPENDENCY_RECHECK_SECONDS": "5",
+            "SMARTSPEC_LOG_LEVEL": "DEBUG",
+        }
+        super().__init__(log_path, env, probe_port=liveness_port, metrics_port=metrics_port)
 
 
-class GatewayProcess:
-    """`smartspec gateway` as a child process on a free loopback port."""
+class GatewayProcess(SmartspecProcess):
+    """`smartspec gateway` on a free loopback port, with exactly the gateway's RBAC."""
+
+    command = "gateway"
+    probe_path = "/readyz"
 
     def __init__(
         self,
@@ -165,9 +185,8 @@ class GatewayProcess:
         replica: str,
         extra_env: dict[str, str] | None = None,
     ) -> None:
-        self.log_path = log_path
         self.port = free_port()
-        self.env = {
+        env = {
             **os.environ,
             **s3.env(),
             "KUBECONFIG": str(cluster.kubeconfig("gateway")),
@@ -184,56 +203,8 @@ class GatewayProcess:
             "SMARTSPEC_LOG_LEVEL": "INFO",
             **(extra_env or {}),
         }
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(log_path, env, probe_port=self.port, metrics_port=self.port)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "smartspec", "gateway"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        wait_for(self._is_ready, "the gateway's /readyz", timeout=90)
-
-    def _is_ready(self) -> bool:
-        if self._process is not None and self._process.poll() is not None:
-            pytest.fail(f"the gateway exited with {self._process.returncode}:\n{self.log()}")
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.port}/readyz", timeout=2
-            ) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self._process is not None
-        self._process.send_signal(sig)
-        try:
-            return self._process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            return self._process.wait(timeout=10)
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def metric(self, name: str, **labels: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-        target = f"{name}{{{wanted}}}" if labels else name
-        for line in text.splitlines():
-            if line.startswith(target + " "):
-                return float(line.split()[-1])
-        return 0.0

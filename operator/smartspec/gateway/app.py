@@ -279,13 +279,7 @@ class Gateway:
                 402, "budget_exceeded", str(error), "budget_not_found", remaining_credits=0
             ) from None
         except BudgetUnavailableError as error:
-            metrics.REFUSALS.labels(reason="budget_unavailable").inc()
-            raise GatewayError(
-                503,
-                "budget_unavailable",
-                f"{error}; refusing the call (fail closed)",
-                "budget_unavailable",
-            ) from None
+            raise _fail_closed(error) from None
 
     def _check_model_policy(self, account: LeaseAccount, model: str) -> None:
         if not _model_allowed(account, model):
@@ -330,12 +324,7 @@ class Gateway:
                 try:
                     await account.sync(need * account.settings.lease_factor, minimum=need)
                 except BudgetUnavailableError as error:
-                    raise GatewayError(
-                        503,
-                        "budget_unavailable",
-                        f"{error}; refusing the call (fail closed)",
-                        "budget_unavailable",
-                    ) from None
+                    raise _fail_closed(error) from None
             run_room = self._run_room(account, claims, run)
             room = min(account.available, run_room)
             if room >= need:
@@ -539,6 +528,14 @@ class Gateway:
         await self.flush_all(final=True)
         await self.store.aclose()
         await self.kube.close()
+
+
+def _fail_closed(error: BudgetUnavailableError) -> GatewayError:
+    """The budget cannot be read or written: refuse rather than spend blind."""
+    metrics.REFUSALS.labels(reason="budget_unavailable").inc()
+    return GatewayError(
+        503, "budget_unavailable", f"{error}; refusing the call (fail closed)", "budget_unavailable"
+    )
 
 
 def _inactive_reason(run: dict[str, Any], claims: RunTokenClaims) -> tuple[str, str] | None:
