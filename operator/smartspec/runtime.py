@@ -10,8 +10,11 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from smartspec.builders.jobs import SandboxSettings
+from smartspec.kube.client import KubeClient, load_configuration
 from smartspec.observability.logs import configure_logging, get_logger
 from smartspec.reconcilers.budgets import register_budget_handlers
+from smartspec.reconcilers.runs import RunContext, register_run_handlers
 from smartspec.reconcilers.specs import SpecRegistryContext, register_spec_handlers
 from smartspec.settings import OperatorSettings
 from smartspec.storage import S3ObjectStore
@@ -37,6 +40,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     )
 
     register_budget_handlers(registry)
+    register_run_handlers(registry, build_run_context(settings, store))
 
     # A fresh registry has none of kopf's default login handlers; use kopf's own in-cluster
     # and kubeconfig readers (no client library involved, so nothing else can shadow them).
@@ -58,6 +62,29 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         settings.networking.request_timeout = 60
 
     return registry
+
+
+def build_run_context(settings: OperatorSettings, store: S3ObjectStore) -> RunContext:
+    """Clients and sandbox settings of the run reconciler, from the operator settings."""
+    keys: tuple[bytes, ...] = ()
+    if settings.token_keys_file is not None:
+        lines = settings.token_keys_file.read_text(encoding="utf-8").splitlines()
+        keys = tuple(line.strip().encode() for line in lines if line.strip())
+    return RunContext(
+        kube=KubeClient(load_configuration()),
+        store=store,
+        sandbox=SandboxSettings(
+            generator_image=settings.generator_image,
+            tester_image=settings.tester_image,
+            s3_egress=settings.s3_egress,
+            runtime_class_name=settings.runtime_class_name,
+            gateway_namespace=settings.gateway_namespace,
+        ),
+        token_keys=keys,
+        gateway_base_url=settings.gateway_url,
+        url_ttl_seconds=settings.url_ttl_seconds,
+        progress_seconds=settings.run_progress_seconds,
+    )
 
 
 def run_operator(settings: OperatorSettings) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +40,32 @@ class OperatorSettings(BaseSettings):
     """kopf peering object for active/standby replicas; unset: standalone (one replica)."""
     dependency_recheck_seconds: int = Field(default=60, ge=5, le=3600)
     """How often a Spec with a missing dependency is re-checked."""
+    run_progress_seconds: float = Field(default=5.0, ge=0.5, le=300)
+    """How often an unfinished GenerationRun looks at its Jobs again."""
+    token_keys_file: Path | None = None
+    """Run-token HMAC keys, one per line, current first (the Secret shared with the gateway);
+    required for llm runs."""
+    gateway_url: str = "http://smartspec-gateway.smartspec.svc:8000/v1"
+    """The gateway's OpenAI-compatible base URL as sandboxes reach it."""
+    generator_image: str = "ghcr.io/smartspec/sandbox-generator:0.1.0"
+    """Image of the generator sandbox."""
+    tester_image: str = "ghcr.io/smartspec/sandbox-tester:0.1.0"
+    """Image of the tester sandbox."""
+    runtime_class_name: str | None = None
+    """Default RuntimeClass of sandbox pods (gvisor, kata); a run may override it."""
+    gateway_namespace: str = "smartspec"
+    """Namespace of the gateway pods (for the sandbox NetworkPolicy)."""
+    s3_egress: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {
+                "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+                "ports": [{"port": 443, "protocol": "TCP"}],
+            }
+        ]
+    )
+    """NetworkPolicy egress rules that reach object storage (JSON list; default: HTTPS)."""
+    url_ttl_seconds: int = Field(default=7200, ge=60, le=7 * 86400)
+    """Lifetime of the presigned storage URLs handed to sandboxes."""
 
 
 class GatewaySettings(BaseSettings):

@@ -126,14 +126,13 @@ def bind_builders(cluster: Cluster, namespace: str) -> None:
 @pytest.fixture
 def start_operator(
     cluster: Cluster, s3: S3Endpoint, operator_rbac: None, tmp_path: Path
-) -> Iterator[Callable[[str], OperatorProcess]]:
+) -> Iterator[Callable[..., OperatorProcess]]:
     """Start an operator watching one namespace; it is stopped after the test."""
     started: list[OperatorProcess] = []
 
-    def start(namespace: str) -> OperatorProcess:
-        process = OperatorProcess(
-            cluster, s3, [namespace], tmp_path / f"operator-{len(started)}.log"
-        )
+    def start(namespace: str, **extra_env: str) -> OperatorProcess:
+        log_path = tmp_path / f"operator-{len(started)}.log"
+        process = OperatorProcess(cluster, s3, [namespace], log_path, extra_env)
         process.start()
         started.append(process)
         return process

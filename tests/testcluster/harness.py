@@ -149,7 +149,12 @@ class OperatorProcess(SmartspecProcess):
     command = "operator"
 
     def __init__(
-        self, cluster: Cluster, s3: S3Endpoint, namespaces: list[str], log_path: Path
+        self,
+        cluster: Cluster,
+        s3: S3Endpoint,
+        namespaces: list[str],
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         metrics_port, liveness_port = free_port(), free_port()
         env = {
@@ -163,7 +168,9 @@ class OperatorProcess(SmartspecProcess):
             "SMARTSPEC_METRICS_PORT": str(metrics_port),
             "SMARTSPEC_LIVENESS_PORT": str(liveness_port),
             "SMARTSPEC_DEPENDENCY_RECHECK_SECONDS": "5",
+            "SMARTSPEC_RUN_PROGRESS_SECONDS": "1",
             "SMARTSPEC_LOG_LEVEL": "DEBUG",
+            **(extra_env or {}),
         }
         super().__init__(log_path, env, probe_port=liveness_port, metrics_port=metrics_port)
 

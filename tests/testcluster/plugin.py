@@ -31,6 +31,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -304,7 +305,10 @@ def local_node(cluster: Cluster) -> Iterator[LocalNode]:
     """The test-only local node (runs Pod commands as local processes, NO isolation)."""
     if cluster.mode != "local":
         pytest.skip("the local node only runs with --cluster=local (other clusters have nodes)")
-    node = LocalNode(cluster.new_api_client("admin"))
+    # Sandbox commands say `python`: make that this interpreter, whose environment has the
+    # smartspec package (the images would have it installed).
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    node = LocalNode(cluster.new_api_client("admin"), base_env={"PATH": path})
     node.start()
     yield node
     node.stop()

@@ -107,6 +107,24 @@ def build_operator_cluster_role() -> dict[str, Any]:
                 "resources": ["events"],
                 "verbs": ["create", "patch"],
             },
+            # Sandbox Jobs of each attempt: created by name, watched, suspended, deleted.
+            {
+                "apiGroups": ["batch"],
+                "resources": ["jobs"],
+                "verbs": ["create", "get", "list", "watch", "patch", "delete"],
+            },
+            # Exit codes and termination messages of sandbox pods.
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+            # Instructions Secrets are only ever created (write-only: the operator reads none).
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+            # Per-run egress policies of the sandboxes.
+            {
+                "apiGroups": ["networking.k8s.io"],
+                "resources": ["networkpolicies"],
+                "verbs": ["create"],
+            },
+            # blockOwnerDeletion on owned objects needs update on the owner's finalizers.
+            {"apiGroups": [GROUP], "resources": [f"{RUNS}/finalizers"], "verbs": ["update"]},
         ],
         aggregate_to=None,
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import json
 import time
 import uuid
@@ -39,6 +38,7 @@ from smartspec.gateway.config import GatewayConfig
 from smartspec.gateway.router import UpstreamError, build_router, complete
 from smartspec.gateway.transcripts import TranscriptMissingError, load_transcript, store_transcript
 from smartspec.kube.client import KubeClient, KubeError, custom_object_path
+from smartspec.logic.budget import model_allowed
 from smartspec.logic.ledger import LedgerDraft
 from smartspec.logic.pricing import (
     ModelPrice,
@@ -572,12 +572,7 @@ def _inactive_reason(run: dict[str, Any], claims: RunTokenClaims) -> tuple[str, 
 
 
 def _model_allowed(account: LeaseAccount, model: str) -> bool:
-    if account.spec is None:
-        return False
-    policy = account.spec.models
-    if any(fnmatch.fnmatchcase(model, pattern) for pattern in policy.deny):
-        return False
-    return any(fnmatch.fnmatchcase(model, pattern) for pattern in policy.allow)
+    return account.spec is not None and model_allowed(account.spec.models, model)
 
 
 async def _read_json(request: web.Request, limit: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ precondition serialises the writes.
 from __future__ import annotations
 
 import calendar
+import fnmatch
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -23,6 +24,7 @@ from smartspec.api.v1alpha1.creditbudget import (
     CreditBudgetSpec,
     CreditBudgetStatus,
     EnforcementMode,
+    ModelPolicy,
     Period,
     PeriodType,
     Reservation,
@@ -197,6 +199,13 @@ def crossed_thresholds(spec: CreditBudgetSpec, spent: int, already: list[int]) -
         if spent * 100 >= threshold * spec.limit_credits
     }
     return sorted(reached | set(already))
+
+
+def model_allowed(policy: ModelPolicy, model: str) -> bool:
+    """Shell-glob policy: a deny match refuses even when an allow pattern matches."""
+    if any(fnmatch.fnmatchcase(model, pattern) for pattern in policy.deny):
+        return False
+    return any(fnmatch.fnmatchcase(model, pattern) for pattern in policy.allow)
 
 
 def remaining_credits(spec: CreditBudgetSpec, status: CreditBudgetStatus | None) -> int:

@@ -21,3 +21,14 @@ def spec_snapshot_key(namespace: str, content_hash: str) -> str:
 def s3_uri(bucket: str, key: str) -> str:
     """The s3://bucket/key form recorded in status."""
     return f"s3://{bucket}/{key}"
+
+
+def attempt_prefix(namespace: str, run: str, run_uid: str, attempt: int) -> str:
+    """<ns>/runs/<run>/<uid>/attempt-<k>/: everything one attempt's sandboxes write."""
+    return f"{namespace}/runs/{run}/{run_uid}/attempt-{attempt}/"
+
+
+MANIFEST_KEY = "manifest.json"
+REPORT_SUMMARY_KEY = "report/summary.json"
+REPORT_JUNIT_KEY = "report/junit.xml"
+FILES_PREFIX = "files/"

@@ -1,0 +1,484 @@
+"""kopf handlers for `GenerationRun`: gather → decide (pure) → act → status and Events.
+
+Contract: specs/CORE-004-generation-runs.md.
+
+Gather reads the run's Spec and CreditBudget, its Jobs (with their pods' exit codes and
+termination messages) and what the sandboxes left in S3. `smartspec.logic.run_machine.decide`
+turns that into the next status and actions. Act creates Jobs, their instructions Secrets and
+NetworkPolicies by deterministic names (an existing one is adopted, never duplicated),
+suspends, resumes or deletes Jobs. Handlers run on create, update and resume, and on a short
+timer while the run is not finished (Jobs progress without touching the run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from smartspec.api.manifests import ManifestError, parse_manifest
+from smartspec.api.v1alpha1 import GROUP, VERSION
+from smartspec.api.v1alpha1.creditbudget import CreditBudget
+from smartspec.api.v1alpha1.generationrun import PLURAL, Backend, GenerationRun
+from smartspec.builders.instructions import build_generator_instructions, build_tester_instructions
+from smartspec.builders.jobs import (
+    SandboxRole,
+    SandboxSettings,
+    build_generator_job,
+    build_instructions_secret,
+    build_network_policies,
+    build_test_job,
+    instructions_secret_name,
+)
+from smartspec.kube.client import ConflictError, KubeClient, KubeError, NotFoundError
+from smartspec.logic.budget import model_allowed
+from smartspec.logic.naming import generator_job_name, test_job_name
+from smartspec.logic.object_keys import (
+    FILES_PREFIX,
+    MANIFEST_KEY,
+    REPORT_SUMMARY_KEY,
+    attempt_prefix,
+)
+from smartspec.logic.run_machine import (
+    Action,
+    ActionKind,
+    BudgetObservation,
+    Decision,
+    JobObservation,
+    JobState,
+    ManifestObservation,
+    Observations,
+    ReportObservation,
+    SpecObservation,
+    decide,
+    is_terminal,
+)
+from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
+from smartspec.logic.spec_lint import known_spec
+from smartspec.observability import metrics
+from smartspec.observability.logs import bind_correlation, get_logger
+from smartspec.storage import S3ObjectStore, StorageError
+
+HANDLER_ID = "generation-run"
+TIMER_ID = "generation-run-progress"
+API = f"/apis/{GROUP}/{VERSION}"
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the run handlers need from the process."""
+
+    kube: KubeClient
+    store: S3ObjectStore
+    sandbox: SandboxSettings
+    token_keys: tuple[bytes, ...]
+    gateway_base_url: str
+    url_ttl_seconds: int
+    progress_seconds: float
+
+
+def register_run_handlers(registry: kopf.OperatorRegistry, context: RunContext) -> None:
+    """Register on an explicit registry (no import-time side effects)."""
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, id=HANDLER_ID, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, id=HANDLER_ID, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, id=HANDLER_ID, registry=registry)
+    async def reconcile(*, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        await reconcile_run(body, patch, context)
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id=TIMER_ID,
+        interval=context.progress_seconds,
+        when=_in_progress,
+        registry=registry,
+    )
+    async def progress(*, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        await reconcile_run(body, patch, context)
+
+
+def _in_progress(*, status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in {"Succeeded", "Failed"}
+
+
+async def reconcile_run(body: kopf.Body, patch: kopf.Patch, context: RunContext) -> None:
+    metadata = body.get("metadata", {})
+    with bind_correlation(
+        str(metadata.get("uid", "")),
+        namespace=str(metadata.get("namespace", "")),
+        run=str(metadata.get("name", "")),
+    ):
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            try:
+                resource = parse_manifest(body, "GenerationRun")
+            except ManifestError as error:
+                log.warning("GenerationRun does not parse", problems=error.problems)
+                outcome = "invalid"
+                return
+            if not isinstance(resource, GenerationRun) or is_terminal(resource):
+                return
+            observations = await gather(resource, context)
+            decision = decide(resource, observations, datetime.now(UTC))
+            await act(resource, decision, context)
+            _write(body, patch, resource, decision)
+        except (KubeError, StorageError) as error:
+            outcome = "retry"
+            raise kopf.TemporaryError(str(error), delay=5) from error
+        finally:
+            metrics.RECONCILES.labels(kind="GenerationRun", outcome=outcome).inc()
+            metrics.RECONCILE_DURATION.labels(kind="GenerationRun").observe(
+                time.monotonic() - started
+            )
+
+
+# ---------------------------------------------------------------- gather
+
+
+async def gather(run: GenerationRun, context: RunContext) -> Observations:
+    namespace = run.metadata.namespace or ""
+    observations = Observations(
+        spec=await _observe_spec(context.kube, namespace, run.spec.spec_ref.name),
+        budget=await _observe_budget(context.kube, namespace, run),
+        jobs=await _observe_jobs(context.kube, namespace, run),
+    )
+    status = run.status
+    if status is None or status.pinned_spec is None:
+        return observations
+    uid = run.metadata.uid or ""
+    for attempt in status.attempts:
+        prefix = attempt_prefix(namespace, run.metadata.name, uid, attempt.number)
+        gen = observations.jobs.get(generator_job_name(run.metadata.name, attempt.number))
+        if gen is not None and gen.state is JobState.SUCCEEDED:
+            manifest = _read_manifest(context.store, prefix)
+            if manifest is not None:
+                observations.generator_results[attempt.number] = manifest
+        test = observations.jobs.get(test_job_name(run.metadata.name, attempt.number))
+        if test is not None and test.state in {JobState.SUCCEEDED, JobState.FAILED}:
+            report = _read_report(context.store, prefix, status.pinned_spec.name)
+            if report is not None:
+                observations.test_results[attempt.number] = report
+    return observations
+
+
+async def _observe_spec(kube: KubeClient, namespace: str, name: str) -> SpecObservation | None:
+    try:
+        body = await kube.get(f"{API}/namespaces/{namespace}/specs/{name}")
+    except NotFoundError:
+        return None
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    conditions: list[dict[str, Any]] = status.get("conditions") or []
+    ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+    return SpecObservation(
+        lifecycle=known_spec(spec).lifecycle,
+        ready=ready.get("status") == "True",
+        ready_reason=str(ready.get("reason", "not reconciled yet")),
+        revision=status.get("revision"),
+        content_hash=status.get("contentHash"),
+        snapshot_uri=status.get("snapshotUri"),
+        history={
+            entry["contentHash"]: (int(entry["revision"]), entry.get("snapshotUri"))
+            for entry in status.get("history") or []
+        },
+    )
+
+
+async def _observe_budget(
+    kube: KubeClient, namespace: str, run: GenerationRun
+) -> BudgetObservation | None:
+    if run.spec.generator.backend is not Backend.LLM:
+        return None
+    path = f"{API}/namespaces/{namespace}/creditbudgets/{run.spec.budget_ref.name}"
+    try:
+        budget = CreditBudget.model_validate(await kube.get(path))
+    except NotFoundError:
+        return None
+    status = budget.status
+    spent = status.spent_credits if status else 0
+    return BudgetObservation(
+        exhausted=spent >= budget.spec.limit_credits and budget.spec.enforcement.value == "Enforce",
+        model_allowed=model_allowed(budget.spec.models, run.spec.generator.model or ""),
+    )
+
+
+async def _observe_jobs(
+    kube: KubeClient, namespace: str, run: GenerationRun
+) -> dict[str, JobObservation]:
+    selector = {"labelSelector": f"smartspec.dev/run-uid={run.metadata.uid}"}
+    jobs = await kube.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs", query=selector)
+    pods = await kube.request("GET", f"/api/v1/namespaces/{namespace}/pods", query=selector)
+    terminated: dict[str, Mapping[str, Any]] = {}
+    for pod in pods.get("items", []):
+        job = (pod.get("metadata", {}).get("labels") or {}).get("job-name")
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            state = (container.get("state") or {}).get("terminated")
+            if job and state:
+                terminated[job] = state
+    observed: dict[str, JobObservation] = {}
+    for job in jobs.get("items", []):
+        name = job["metadata"]["name"]
+        observed[name] = _job_observation(job, terminated.get(name))
+    return observed
+
+
+def _job_observation(job: Mapping[str, Any], pod_state: Mapping[str, Any] | None) -> JobObservation:
+    conditions = {
+        c["type"]: c
+        for c in (job.get("status") or {}).get("conditions") or []
+        if c.get("status") == "True"
+    }
+    exit_code = int(pod_state["exitCode"]) if pod_state and "exitCode" in pod_state else None
+    message = str(pod_state.get("message") or "") if pod_state else ""
+    if "Complete" in conditions:
+        return JobObservation(JobState.SUCCEEDED, exit_code=exit_code or 0, message=message)
+    if "Failed" in conditions:
+        reason = str(conditions["Failed"].get("reason", ""))
+        return JobObservation(JobState.FAILED, exit_code=exit_code, reason=reason, message=message)
+    if (job.get("spec") or {}).get("suspend"):
+        return JobObservation(JobState.SUSPENDED)
+    return JobObservation(JobState.ACTIVE)
+
+
+def _read_json(store: S3ObjectStore, key: str) -> tuple[dict[str, Any], str] | None:
+    try:
+        raw = store.get(key)
+    except StorageError:
+        return None
+    try:
+        document = json.loads(raw)
+    except json.JSONDecodeError:
+        log.warning("Sandbox output is not JSON", key=key)
+        return None
+    return document, "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _read_manifest(store: S3ObjectStore, prefix: str) -> ManifestObservation | None:
+    read = _read_json(store, prefix + MANIFEST_KEY)
+    if read is None:
+        return None
+    manifest, digest = read
+    files = manifest.get("files") or []
+    return ManifestObservation(
+        artifacts_uri=store.uri(prefix + FILES_PREFIX),
+        manifest_sha256=digest,
+        file_count=len(files),
+        tasks_total=len(manifest.get("tasks") or []),
+    )
+
+
+def _read_report(store: S3ObjectStore, prefix: str, spec_name: str) -> ReportObservation | None:
+    read = _read_json(store, prefix + REPORT_SUMMARY_KEY)
+    if read is None:
+        return None
+    summary, digest = read
+    tests = summary.get("tests") or {}
+    requirements = summary.get("requirements") or {}
+    passed = int(tests.get("passed", 0))
+    failed = int(tests.get("failed", 0)) + int(tests.get("errors", 0))
+    return ReportObservation(
+        report_uri=store.uri(prefix + REPORT_SUMMARY_KEY),
+        summary_sha256=digest,
+        passed=passed,
+        failed=failed,
+        skipped=int(tests.get("skipped", 0)),
+        requirements_covered=sum(1 for item in requirements.values() if item.get("passed")),
+        requirements_total=len(requirements),
+        all_passed=summary.get("result") == "passed" and passed > 0 and failed == 0,
+    )
+
+
+# ---------------------------------------------------------------- act
+
+
+async def act(run: GenerationRun, decision: Decision, context: RunContext) -> None:
+    for action in decision.actions:
+        if action.kind is ActionKind.CREATE_GENERATOR_JOB:
+            await _create_generator(run, decision, action, context)
+        elif action.kind is ActionKind.CREATE_TEST_JOB:
+            await _create_tester(run, decision, action, context)
+        elif action.kind in {ActionKind.SUSPEND_JOBS, ActionKind.RESUME_JOBS}:
+            await _set_suspended(run, context, suspend=action.kind is ActionKind.SUSPEND_JOBS)
+        elif action.kind is ActionKind.DELETE_ACTIVE_JOBS:
+            await _delete_jobs(run, context)
+
+
+async def _create(kube: KubeClient, path: str, body: Mapping[str, Any]) -> bool:
+    """Create, or adopt the object that a previous reconcile already created."""
+    try:
+        await kube.post(path, dict(body))
+    except ConflictError:
+        return False
+    return True
+
+
+async def _create_generator(
+    run: GenerationRun, decision: Decision, action: Action, context: RunContext
+) -> None:
+    namespace, name, uid = run.metadata.namespace or "", run.metadata.name, run.metadata.uid or ""
+    pinned = decision.status.pinned_spec
+    if pinned is None:
+        raise ValueError("a generator Job before admission")
+    attempt = action.attempt
+    prefix = attempt_prefix(namespace, name, uid, attempt)
+    feedback = None
+    if attempt > 1:
+        previous = attempt_prefix(namespace, name, uid, attempt - 1) + REPORT_SUMMARY_KEY
+        feedback = context.store.presign_get(previous, context.url_ttl_seconds)
+    token = None
+    if run.spec.generator.backend is Backend.LLM:
+        claims = RunTokenClaims(
+            namespace=namespace,
+            run=name,
+            run_uid=uid,
+            attempt=attempt,
+            budget=run.spec.budget_ref.name,
+            spec_revision=pinned.revision,
+            expires_at=int(time.time()) + run.spec.timeouts.attempt_seconds + 300,
+            replay_of=run.spec.replay_of.name if run.spec.replay_of else None,
+        )
+        token = mint_run_token(claims, context.token_keys[0])
+    instructions = build_generator_instructions(
+        run,
+        attempt,
+        pinned,
+        snapshot_url=context.store.presign_get(_key(pinned.snapshot_uri), context.url_ttl_seconds),
+        upload=context.store.presign_upload(prefix, context.url_ttl_seconds),
+        feedback_url=feedback,
+        gateway_base_url=context.gateway_base_url,
+        token=token,
+    )
+    secret = build_instructions_secret(run, attempt, SandboxRole.GENERATOR, instructions)
+    await _create(context.kube, f"/api/v1/namespaces/{namespace}/secrets", secret)
+    for policy in build_network_policies(run, context.sandbox):
+        await _create(
+            context.kube,
+            f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies",
+            policy,
+        )
+    job = build_generator_job(
+        run,
+        attempt,
+        context.sandbox,
+        instructions_secret=instructions_secret_name(name, attempt, SandboxRole.GENERATOR),
+        deadline_seconds=run.spec.timeouts.attempt_seconds,
+    )
+    if await _create(context.kube, f"/apis/batch/v1/namespaces/{namespace}/jobs", job):
+        log.info("Created Job", job=job["metadata"]["name"], attempt=attempt)
+
+
+async def _create_tester(
+    run: GenerationRun, decision: Decision, action: Action, context: RunContext
+) -> None:
+    namespace, name, uid = run.metadata.namespace or "", run.metadata.name, run.metadata.uid or ""
+    pinned = decision.status.pinned_spec
+    if pinned is None:
+        raise ValueError("a test Job before admission")
+    attempt = action.attempt
+    prefix = attempt_prefix(namespace, name, uid, attempt)
+    read = _read_json(context.store, prefix + MANIFEST_KEY)
+    if read is None:
+        raise StorageError(f"the manifest of attempt {attempt} is missing")
+    manifest, digest = read
+    ttl = context.url_ttl_seconds
+    files = [
+        {
+            "path": entry["path"],
+            "sha256": entry["sha256"],
+            "size": entry["size"],
+            "url": context.store.presign_get(prefix + FILES_PREFIX + entry["path"], ttl),
+        }
+        for entry in manifest.get("files") or []
+    ]
+    instructions = build_tester_instructions(
+        run,
+        attempt,
+        pinned,
+        snapshot_url=context.store.presign_get(_key(pinned.snapshot_uri), ttl),
+        manifest_url=context.store.presign_get(prefix + MANIFEST_KEY, ttl),
+        manifest_sha256=digest,
+        files=files,
+        upload=context.store.presign_upload(prefix, ttl),
+        timeout_seconds=max(60, run.spec.timeouts.attempt_seconds // 2),
+    )
+    secret = build_instructions_secret(run, attempt, SandboxRole.TESTER, instructions)
+    await _create(context.kube, f"/api/v1/namespaces/{namespace}/secrets", secret)
+    job = build_test_job(
+        run,
+        attempt,
+        context.sandbox,
+        instructions_secret=instructions_secret_name(name, attempt, SandboxRole.TESTER),
+        deadline_seconds=run.spec.timeouts.attempt_seconds,
+    )
+    if await _create(context.kube, f"/apis/batch/v1/namespaces/{namespace}/jobs", job):
+        log.info("Created Job", job=job["metadata"]["name"], attempt=attempt)
+
+
+def _key(uri: str) -> str:
+    """The object key of an s3://bucket/key URI."""
+    return uri.split("/", 3)[3]
+
+
+async def _active_jobs(run: GenerationRun, context: RunContext) -> list[str]:
+    namespace = run.metadata.namespace or ""
+    observed = await _observe_jobs(context.kube, namespace, run)
+    return [
+        name for name, job in observed.items() if job.state in {JobState.ACTIVE, JobState.SUSPENDED}
+    ]
+
+
+async def _set_suspended(run: GenerationRun, context: RunContext, *, suspend: bool) -> None:
+    namespace = run.metadata.namespace or ""
+    for name in await _active_jobs(run, context):
+        await context.kube.merge_patch(
+            f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}", {"spec": {"suspend": suspend}}
+        )
+
+
+async def _delete_jobs(run: GenerationRun, context: RunContext) -> None:
+    namespace = run.metadata.namespace or ""
+    for name in await _active_jobs(run, context):
+        try:
+            await context.kube.request(
+                "DELETE",
+                f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}",
+                {"propagationPolicy": "Background"},
+            )
+        except NotFoundError:
+            continue
+
+
+# ---------------------------------------------------------------- status
+
+
+def _write(body: kopf.Body, patch: kopf.Patch, run: GenerationRun, decision: Decision) -> None:
+    """Merge-patch the keys that changed; `usage` belongs to the gateway and is never sent."""
+    before = run.status.to_wire() if run.status is not None else {}
+    after = decision.status.to_wire()
+    before.pop("usage", None)
+    after.pop("usage", None)
+    for key, value in after.items():
+        if before.get(key) != value:
+            patch.status[key] = value
+    pinned = decision.status.pinned_spec
+    if pinned is not None:
+        labels = body.get("metadata", {}).get("labels") or {}
+        wanted = {
+            "smartspec.dev/spec": pinned.name,
+            "smartspec.dev/spec-revision": str(pinned.revision),
+        }
+        for key, value in wanted.items():
+            if labels.get(key) != value:
+                patch.metadata.setdefault("labels", {})[key] = value
+    for event in decision.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        log.info("Run event", reason=event.reason, message=event.message)

@@ -1,0 +1,141 @@
+"""GenerationRuns end to end: the real operator, API server, Job controller, local node
+(sandbox programs run as local processes, no isolation), S3 and gateway.
+
+Contract: specs/CORE-004-generation-runs.md. Model answers come from a local
+OpenAI-compatible stub server: canned, so this tests the pipeline, never model quality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from testcluster.harness import TEST_TOKEN_KEY, wait_for
+from testcluster.localnode import LocalNode
+from testcluster.plugin import Cluster
+from testcluster.rest import Rest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "todo-service"
+API = "/apis/smartspec.dev/v1alpha1/namespaces"
+
+
+def example(name: str) -> dict[str, Any]:
+    document = yaml.safe_load((EXAMPLE / name).read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def run_status(rest: Rest, namespace: str, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = (
+        rest.get(f"{API}/{namespace}/generationruns/{name}").get("status") or {}
+    )
+    return status
+
+
+def finished(rest: Rest, namespace: str, name: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        status = run_status(rest, namespace, name)
+        return status if status.get("phase") in {"Succeeded", "Failed"} else None
+
+    return wait_for(probe, f"run {name} to finish", timeout=240)
+
+
+def condition(status: dict[str, Any], kind: str) -> str:
+    for item in status.get("conditions", []):
+        if item["type"] == kind:
+            return f"{item['status']}/{item['reason']}"
+    return "absent"
+
+
+def operator_env(tmp_path: Path, gateway_url: str = "http://127.0.0.1:9/v1") -> dict[str, str]:
+    keys = tmp_path / "operator-token-keys"
+    keys.write_bytes(TEST_TOKEN_KEY + b"\n")
+    return {
+        "SMARTSPEC_TOKEN_KEYS_FILE": str(keys),
+        "SMARTSPEC_GATEWAY_URL": gateway_url,
+        "SMARTSPEC_GATEWAY_NAMESPACE": "smartspec",
+    }
+
+
+def test_builtin_run_succeeds_with_artifacts_and_evidence(
+    cluster: Cluster,
+    tenant: str,
+    local_node: LocalNode,
+    start_operator: Callable[..., Any],
+    s3_client: Any,
+    s3: Any,
+    tmp_path: Path,
+) -> None:
+    start_operator(tenant, **operator_env(tmp_path))
+    builder = cluster.rest("builder")
+    builder.post(f"{API}/{tenant}/specs", example("spec.yaml"))
+    builder.post(f"{API}/{tenant}/generationruns", example("generationrun-builtin.yaml"))
+    status = finished(cluster.rest("admin"), tenant, "todo-api-builtin")
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[:3000]
+    assert condition(status, "Succeeded") == "True/TestsPassed"
+    assert condition(status, "Admitted") == "True/Admitted"
+    evidence = status["evidence"]
+    assert evidence["testsPassed"] > 0
+    assert evidence["testsFailed"] == 0
+    assert evidence["requirementsCovered"] >= 3
+    assert evidence["summary"] == f"{evidence['testsPassed']}/{evidence['testsPassed']}"
+    assert status["pinnedSpec"]["revision"] == 1
+
+    # Every stored file matches the manifest, and the manifest the recorded digest.
+    prefix = status["artifacts"]["uri"].split("/", 3)[3].removesuffix("files/")
+    manifest_raw = s3_client.get_object(Bucket=s3.bucket, Key=prefix + "manifest.json")[
+        "Body"
+    ].read()
+    assert (
+        "sha256:" + hashlib.sha256(manifest_raw).hexdigest()
+        == status["artifacts"]["manifestSha256"]
+    )
+    manifest = json.loads(manifest_raw)
+    assert len(manifest["files"]) == status["artifacts"]["fileCount"]
+    for entry in manifest["files"]:
+        body = s3_client.get_object(Bucket=s3.bucket, Key=prefix + "files/" + entry["path"])[
+            "Body"
+        ].read()
+        assert "sha256:" + hashlib.sha256(body).hexdigest() == entry["sha256"]
+    report = json.loads(
+        s3_client.get_object(Bucket=s3.bucket, Key=prefix + "report/summary.json")["Body"].read()
+    )
+    assert report["result"] == "passed"
+
+    run = cluster.rest("admin").get(f"{API}/{tenant}/generationruns/todo-api-builtin")
+    assert run["metadata"]["labels"]["smartspec.dev/spec"] == "todo-api"
+    jobs = cluster.rest("admin").get(f"/apis/batch/v1/namespaces/{tenant}/jobs")["items"]
+    assert sorted(job["metadata"]["name"] for job in jobs) == [
+        "todo-api-builtin-gen-1",
+        "todo-api-builtin-test-1",
+    ]
+
+
+def test_a_run_for_an_unapproved_spec_waits_without_a_job(
+    cluster: Cluster, tenant: str, start_operator: Callable[..., Any], tmp_path: Path
+) -> None:
+    start_operator(tenant, **operator_env(tmp_path))
+    builder = cluster.rest("builder")
+    builder.post(f"{API}/{tenant}/specs", example("spec.yaml"))
+    run = example("generationrun-builtin.yaml")
+    run["spec"]["allowDraft"] = False
+    builder.post(f"{API}/{tenant}/generationruns", run)
+    admin = cluster.rest("admin")
+
+    def verdict() -> dict[str, Any] | None:
+        status = run_status(admin, tenant, "todo-api-builtin")
+        return status if status.get("conditions") else None
+
+    status = wait_for(verdict, "the admission verdict")
+    assert condition(status, "Admitted") == "False/SpecNotApproved"
+    assert status["phase"] == "Pending"
+    assert admin.get(f"/apis/batch/v1/namespaces/{tenant}/jobs")["items"] == []
