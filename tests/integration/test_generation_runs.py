@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from smartspec.api.v1alpha1.spec import SpecSpec
+from smartspec.sandbox import builtin
 from testcluster.harness import TEST_TOKEN_KEY, wait_for
 from testcluster.localnode import LocalNode
 from testcluster.plugin import Cluster
@@ -139,3 +141,78 @@ def test_a_run_for_an_unapproved_spec_waits_without_a_job(
     assert condition(status, "Admitted") == "False/SpecNotApproved"
     assert status["phase"] == "Pending"
     assert admin.get(f"/apis/batch/v1/namespaces/{tenant}/jobs")["items"] == []
+
+
+def stub_model_reply(body: dict[str, Any]) -> str:
+    """A canned model: the builtin generator's project, broken unless feedback is present.
+
+    This stands in for a model that fixes its code when shown failing tests; it measures the
+    feedback plumbing, never model quality.
+    """
+    user = body["messages"][-1]["content"]
+    spec_json = user.split("canonical JSON:\n", 1)[1].split("\n\nRequirement ids:", 1)[0]
+    spec = SpecSpec.model_validate({**json.loads(spec_json), "lifecycle": "Draft"})
+    generation = builtin.generate(spec)
+    fixed = "A previous attempt was generated and tested" in user
+    files = []
+    for item in generation.files:
+        content = item.content.decode()
+        if item.path == "app.py" and not fixed:
+            content = content.replace("201", "200")  # a wrong status code: tests must fail
+        files.append(
+            {"path": item.path, "content": content, "requirements": list(item.requirements)}
+        )
+    return json.dumps({"files": files})
+
+
+def test_llm_run_fails_then_fixes_itself_from_test_feedback(
+    cluster: Cluster,
+    tenant: str,
+    local_node: LocalNode,
+    start_operator: Callable[..., Any],
+    start_gateway: Callable[..., Any],
+    stub: Any,
+    tmp_path: Path,
+) -> None:
+    stub.reply_fn = stub_model_reply
+    gateway = start_gateway()
+    start_operator(tenant, **operator_env(tmp_path, gateway_url=f"{gateway.url}/v1"))
+    cluster.rest("platform_admin").post(
+        f"{API}/{tenant}/creditbudgets",
+        {
+            "apiVersion": "smartspec.dev/v1alpha1",
+            "kind": "CreditBudget",
+            "metadata": {"name": "default"},
+            "spec": {"limitCredits": 5_000_000, "models": {"allow": ["stub-*"]}},
+        },
+    )
+    builder = cluster.rest("builder")
+    builder.post(f"{API}/{tenant}/specs", example("spec.yaml"))
+    run = example("generationrun-llm.yaml")
+    run["spec"]["generator"]["model"] = "stub-model"
+    run["spec"]["generator"]["maxTokens"] = 60_000
+    run["spec"]["sandbox"] = {}
+    del run["spec"]["maxCredits"]
+    builder.post(f"{API}/{tenant}/generationruns", run)
+    admin = cluster.rest("admin")
+    status = finished(admin, tenant, "todo-api-llm")
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[:3000]
+    first, second = status["attempts"]
+    assert (first["result"], second["result"]) == ("Failed", "Passed")
+    assert first["feedbackDigest"].startswith("sha256:")
+    prompts = [request["messages"][-1]["content"] for request in stub.requests]
+    assert len(prompts) == 2
+    assert "A previous attempt was generated and tested" in prompts[1]
+    assert "A previous attempt" not in prompts[0]
+
+    def settled_budget() -> dict[str, Any] | None:
+        budget = admin.get(f"{API}/{tenant}/creditbudgets/default").get("status") or {}
+        return budget if budget.get("reservedCredits", 1) == 0 else None
+
+    def usage_of_both_calls() -> dict[str, Any] | None:
+        usage: dict[str, Any] = run_status(admin, tenant, "todo-api-llm").get("usage") or {}
+        return usage if usage.get("calls") == 2 else None
+
+    budget = wait_for(settled_budget, "the gateway to settle and return its lease")
+    usage = wait_for(usage_of_both_calls, "the run's usage")
+    assert usage["credits"] == budget["spentCredits"] > 0, "credits charged equal the ledger"
