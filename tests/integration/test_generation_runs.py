@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,84 @@ def test_llm_run_fails_then_fixes_itself_from_test_feedback(
     budget = wait_for(settled_budget, "the gateway to settle and return its lease")
     usage = wait_for(usage_of_both_calls, "the run's usage")
     assert usage["credits"] == budget["spentCredits"] > 0, "credits charged equal the ledger"
+
+
+def test_budget_exhausted_mid_run_fails_without_another_job(
+    cluster: Cluster,
+    tenant: str,
+    local_node: LocalNode,
+    start_operator: Callable[..., Any],
+    start_gateway: Callable[..., Any],
+    stub: Any,
+    tmp_path: Path,
+) -> None:
+    stub.reply_fn = stub_model_reply  # attempt 1 fails its tests, so attempt 2 must call again
+    gateway = start_gateway()
+    start_operator(tenant, **operator_env(tmp_path, gateway_url=f"{gateway.url}/v1"))
+    platform_admin = cluster.rest("platform_admin")
+    budget_path = f"{API}/{tenant}/creditbudgets/default"
+    platform_admin.post(
+        f"{API}/{tenant}/creditbudgets",
+        {
+            "apiVersion": "smartspec.dev/v1alpha1",
+            "kind": "CreditBudget",
+            "metadata": {"name": "default"},
+            "spec": {"limitCredits": 5_000_000, "models": {"allow": ["stub-*"]}},
+        },
+    )
+    builder = cluster.rest("builder")
+    builder.post(f"{API}/{tenant}/specs", example("spec.yaml"))
+    run = example("generationrun-llm.yaml")
+    run["spec"]["generator"].update(model="stub-model", maxTokens=60_000)
+    run["spec"]["sandbox"] = {}
+    del run["spec"]["maxCredits"]
+    builder.post(f"{API}/{tenant}/generationruns", run)
+    admin = cluster.rest("admin")
+
+    def first_call_settled() -> int | None:
+        spent = int((admin.get(budget_path).get("status") or {}).get("spentCredits", 0))
+        return spent or None
+
+    spent = wait_for(first_call_settled, "attempt 1's model call to be settled", timeout=120)
+    # The platform admin cuts the budget to what is spent: the next call must be refused.
+    platform_admin.patch(budget_path, {"spec": {"limitCredits": spent}})
+    status = finished(admin, tenant, "todo-api-llm")
+    assert status["phase"] == "Failed", json.dumps(status, indent=1)[:3000]
+    assert condition(status, "Succeeded") == "False/BudgetExhausted"
+    jobs = sorted(
+        job["metadata"]["name"]
+        for job in admin.get(f"/apis/batch/v1/namespaces/{tenant}/jobs")["items"]
+    )
+    assert jobs == ["todo-api-llm-gen-1", "todo-api-llm-gen-2", "todo-api-llm-test-1"]
+    assert len(stub.requests) == 1, "the refused call never reached the provider"
+
+
+def test_operator_restarts_never_duplicate_a_job(
+    cluster: Cluster,
+    tenant: str,
+    local_node: LocalNode,
+    start_operator: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    operator = start_operator(tenant, **operator_env(tmp_path))
+    builder = cluster.rest("builder")
+    builder.post(f"{API}/{tenant}/specs", example("spec.yaml"))
+    builder.post(f"{API}/{tenant}/generationruns", example("generationrun-builtin.yaml"))
+    admin = cluster.rest("admin")
+    jobs_path = f"/apis/batch/v1/namespaces/{tenant}/jobs"
+
+    def job_names() -> list[str]:
+        return sorted(job["metadata"]["name"] for job in admin.get(jobs_path)["items"])
+
+    wait_for(lambda: "todo-api-builtin-gen-1" in job_names(), "the generator Job")
+    assert operator.stop(signal.SIGKILL) != 0  # killed during generation
+    operator = start_operator(tenant, **operator_env(tmp_path))
+    wait_for(lambda: "todo-api-builtin-test-1" in job_names(), "the test Job")
+    assert operator.stop(signal.SIGKILL) != 0  # killed during testing
+    start_operator(tenant, **operator_env(tmp_path))
+    status = finished(admin, tenant, "todo-api-builtin")
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[:3000]
+    assert job_names() == ["todo-api-builtin-gen-1", "todo-api-builtin-test-1"]
+    secrets = admin.get(f"/api/v1/namespaces/{tenant}/secrets")["items"]
+    owned = [s["metadata"]["name"] for s in secrets if s["metadata"]["name"].startswith("todo-api")]
+    assert sorted(owned) == ["todo-api-builtin-gen-1", "todo-api-builtin-test-1"]

@@ -437,6 +437,9 @@ def _pod_spec(
         "command": list(command),
         "env": env,
         "workingDir": WORKSPACE_DIR,
+        # The program's last stdout line (its JSON result) becomes the pod's termination
+        # message on failure, which is how the operator learns why an attempt failed.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": _container_security_context(),
         "resources": _merged_resources(defaults, override, f"spec.sandbox.{override_field}"),
         "volumeMounts": [
