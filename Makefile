@@ -47,8 +47,8 @@ unit: $(STAMP) ## unit tests only (no cluster)
 test: verify testbin ## static checks, then every test (unit + real control plane)
 	$(BIN)/pytest
 
-demo: $(STAMP) ## walk through the example scenario
-	$(BIN)/smartspec demo
+demo: $(STAMP) testbin ## the example through the whole pipeline on a local control plane
+	$(BIN)/python tools/demo.py
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

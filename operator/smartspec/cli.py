@@ -9,7 +9,7 @@ Subcommands:
 - `operator`  run the operator (kopf), configured by SMARTSPEC_* environment variables
 - `gateway`   run the LLM gateway, configured by SMARTSPEC_* environment variables
 - `ledger verify`  check a CreditBudget's hash-chained ledger against its spentCredits
-- `demo`      walk through the example scenario on embedded defaults
+- `demo`      validate and print the example scenario (`make demo` runs it end to end)
 """
 
 from __future__ import annotations
@@ -332,11 +332,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     print()
     print(f"All {len(resources)} manifests are valid against smartspec.dev/v1alpha1.")
     print(
-        "Built so far: the resource types and CRDs, the Spec registry "
-        "(`smartspec operator`) and the LLM gateway (`smartspec gateway`)."
-    )
-    print(
-        "Not built yet: the LLM gateway and the run pipeline (generator and test Jobs). "
-        "Until they land, the demo validates the scenario and stops here."
+        "This command only validates the scenario. `make demo` runs it through the whole "
+        "pipeline on a local control plane (operator, gateway, sandbox Jobs, S3)."
     )
     return EXIT_OK

@@ -92,3 +92,26 @@ BUDGET_ALERTS = Counter(
     "Budget conditions that turned True (BudgetExhausted, ThresholdReached).",
     ["condition"],
 )
+
+# ---------------------------------------------------------------- runs
+RUNS_FINISHED = Counter(
+    "smartspec_runs_finished_total",
+    "GenerationRuns that reached a terminal phase, by phase and reason.",
+    ["phase", "reason"],
+)
+RUN_ATTEMPTS = Histogram(
+    "smartspec_run_attempts",
+    "Attempts a finished GenerationRun used.",
+    buckets=(1, 2, 3, 4, 5, 7, 10),
+)
+TIME_TO_GREEN = Histogram(
+    "smartspec_run_time_to_green_seconds",
+    "From admission to Succeeded (runs whose generated tests passed).",
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
+ATTEMPT_DURATION = Histogram(
+    "smartspec_attempt_duration_seconds",
+    "One attempt (generator Job then test Job), by result.",
+    ["result"],
+    buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800),
+)

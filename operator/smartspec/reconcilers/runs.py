@@ -482,3 +482,25 @@ def _write(body: kopf.Body, patch: kopf.Patch, run: GenerationRun, decision: Dec
     for event in decision.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         log.info("Run event", reason=event.reason, message=event.message)
+    _observe(run, decision)
+
+
+def _observe(run: GenerationRun, decision: Decision) -> None:
+    """Metrics for what this reconcile finished: attempts and, at the end, the run."""
+    previous = {a.number: a for a in (run.status.attempts if run.status else [])}
+    for attempt in decision.status.attempts:
+        before = previous.get(attempt.number)
+        newly_done = before is None or before.finished_at is None
+        if attempt.finished_at and attempt.started_at and newly_done:
+            seconds = (attempt.finished_at - attempt.started_at).total_seconds()
+            metrics.ATTEMPT_DURATION.labels(result=attempt.result.value).observe(seconds)
+    status = decision.status
+    was_terminal = run.status is not None and run.status.phase in {"Succeeded", "Failed"}
+    if status.phase not in {"Succeeded", "Failed"} or was_terminal:
+        return
+    succeeded = next((c for c in status.conditions if c.type == "Succeeded"), None)
+    reason = succeeded.reason if succeeded is not None else "Unknown"
+    metrics.RUNS_FINISHED.labels(phase=str(status.phase), reason=reason).inc()
+    metrics.RUN_ATTEMPTS.observe(status.attempt or 0)
+    if status.phase == "Succeeded" and status.start_time and status.completion_time:
+        metrics.TIME_TO_GREEN.observe((status.completion_time - status.start_time).total_seconds())
