@@ -39,10 +39,8 @@ import yaml
 from smartspec.kube.client import ConflictError, KubeClient, load_configuration
 from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
 from stubs.openai_stub import StubServer
-from testcluster.controlplane import ControlPlane, resolve_binaries
-from testcluster.harness import TEST_TOKEN_KEY, GatewayProcess, apply_documents
-from testcluster.plugin import Cluster
-from testcluster.s3 import S3Server
+from testcluster.harness import TEST_TOKEN_KEY, GatewayProcess
+from testcluster.stack import LocalStack
 
 NAMESPACE = "bench"
 API = f"/apis/smartspec.dev/v1alpha1/namespaces/{NAMESPACE}"
@@ -139,84 +137,67 @@ def main() -> None:
     litellm.suppress_debug_info = True
 
     work = Path(tempfile.mkdtemp(prefix="smartspec-bench-"))
-    plane = ControlPlane(resolve_binaries(REPO), work / "cluster")
-    plane.start()
-    s3_server = S3Server(work / "s3.log")
-    s3_server.start()
     stub = StubServer(models=["stub-model"], delay_seconds=arguments.stub_latency_ms / 1000)
     stub.start_in_thread()
-    gateway: GatewayProcess | None = None
     try:
-        s3 = s3_server.create_bucket("smartspec-bench")
-        cluster = Cluster("local", plane.kubeconfigs, plane, work)
-        admin = cluster.rest("admin")
-        for path in sorted((REPO / "crds").glob("*.yaml")):
-            admin.post(
-                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-                yaml.safe_load(path.read_text()),
-            )
-        time.sleep(2)  # CRDs become established
-        apply_documents(admin, REPO / "deploy" / "rbac-gateway.yaml")
+        with LocalStack(work, bucket="smartspec-bench") as stack:
+            run_benchmarks(stack, stub, arguments.calls, work)
+    finally:
+        stub.stop_thread()
+
+
+def run_benchmarks(stack: LocalStack, stub: StubServer, calls: int, work: Path) -> None:
+    cluster, s3, plane = stack.cluster, stack.s3, stack.plane
+    if cluster is None or s3 is None or plane is None:
+        raise RuntimeError("the local stack did not start")
+    admin = stack.admin
+    admin.post("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
+    for name in ("default", "raw"):
         admin.post(
-            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-            {
-                "metadata": {"name": "bench-gateway"},
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "smartspec-gateway",
-                },
-                "subjects": [
-                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "gateway"}
-                ],
-            },
-        )
-        admin.post("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
-        for name in ("default", "raw"):
-            admin.post(
-                f"{API}/creditbudgets",
-                {
-                    "apiVersion": "smartspec.dev/v1alpha1",
-                    "kind": "CreditBudget",
-                    "metadata": {"name": name},
-                    "spec": {"limitCredits": 10**12},
-                },
-            )
-        admin.post(
-            f"{API}/generationruns",
+            f"{API}/creditbudgets",
             {
                 "apiVersion": "smartspec.dev/v1alpha1",
-                "kind": "GenerationRun",
-                "metadata": {"name": "bench"},
-                "spec": {"specRef": {"name": "x"}, "generator": {"model": "stub-model"}},
+                "kind": "CreditBudget",
+                "metadata": {"name": name},
+                "spec": {"limitCredits": 10**12},
             },
         )
-        run = admin.patch(
-            f"{API}/generationruns/bench/status", {"status": {"phase": "Generating", "attempt": 1}}
-        )
-        token = mint_run_token(
-            RunTokenClaims(
-                namespace=NAMESPACE,
-                run="bench",
-                run_uid=run["metadata"]["uid"],
-                attempt=1,
-                budget="default",
-                spec_revision=1,
-                expires_at=int(time.time()) + 3600,
-            ),
-            TEST_TOKEN_KEY,
-        )
-        config = work / "gateway.yaml"
-        route = {
-            "name": "stub-model",
-            "litellmModel": "openai/stub-model",
-            "apiBase": f"{stub.url}/v1",
-            "price": {"inputCreditsPerMtok": 150_000, "outputCreditsPerMtok": 600_000},
-        }
-        config.write_text(yaml.safe_dump({"numRetries": 0, "models": [route]}))
-        keys = work / "keys"
-        keys.write_bytes(TEST_TOKEN_KEY + b"\n")
-        gateway = GatewayProcess(
+    admin.post(
+        f"{API}/generationruns",
+        {
+            "apiVersion": "smartspec.dev/v1alpha1",
+            "kind": "GenerationRun",
+            "metadata": {"name": "bench"},
+            "spec": {"specRef": {"name": "x"}, "generator": {"model": "stub-model"}},
+        },
+    )
+    run = admin.patch(
+        f"{API}/generationruns/bench/status", {"status": {"phase": "Generating", "attempt": 1}}
+    )
+    token = mint_run_token(
+        RunTokenClaims(
+            namespace=NAMESPACE,
+            run="bench",
+            run_uid=run["metadata"]["uid"],
+            attempt=1,
+            budget="default",
+            spec_revision=1,
+            expires_at=int(time.time()) + 3600,
+        ),
+        TEST_TOKEN_KEY,
+    )
+    config = work / "gateway.yaml"
+    route = {
+        "name": "stub-model",
+        "litellmModel": "openai/stub-model",
+        "apiBase": f"{stub.url}/v1",
+        "price": {"inputCreditsPerMtok": 150_000, "outputCreditsPerMtok": 600_000},
+    }
+    config.write_text(yaml.safe_dump({"numRetries": 0, "models": [route]}))
+    keys = work / "keys"
+    keys.write_bytes(TEST_TOKEN_KEY + b"\n")
+    gateway = stack.own(
+        GatewayProcess(
             cluster,
             s3,
             config_path=config,
@@ -225,54 +206,49 @@ def main() -> None:
             replica="bench-gw",
             extra_env={"SMARTSPEC_GATEWAY_FLUSH_MILLISECONDS": "250"},
         )
-        gateway.start()
+    )
+    gateway.start()
 
+    print(
+        f"machine: {os.cpu_count()} cores; stub latency {stub.delay_seconds * 1000:.0f} ms; "
+        f"{calls} calls per point; plain HTTP client to the gateway, litellm "
+        "in-process for the baseline"
+    )
+    print(
+        f"{'conc':>4} {'base p50':>9} {'gw p50':>8} {'base p99':>9} {'gw p99':>8} "
+        f"{'+p50 ms':>8} {'+p99 ms':>8} {'ratio p50':>9}"
+    )
+    for concurrency in (1, 16, 64):
+        asyncio.run(measure(f"{stub.url}/v1", "x", concurrency, 30))  # warm-up
+        asyncio.run(measure_gateway(gateway.url, token, concurrency, 30))
+        base = asyncio.run(measure(f"{stub.url}/v1", "x", concurrency, calls))
+        through = asyncio.run(measure_gateway(gateway.url, token, concurrency, calls))
+        b50, g50 = statistics.median(base), statistics.median(through)
+        b99, g99 = percentile(base, 0.99), percentile(through, 0.99)
         print(
-            f"machine: {os.cpu_count()} cores; stub latency {arguments.stub_latency_ms} ms; "
-            f"{arguments.calls} calls per point; plain HTTP client to the gateway, litellm "
-            "in-process for the baseline"
+            f"{concurrency:>4} {b50 * 1000:>8.2f}ms {g50 * 1000:>6.2f}ms {b99 * 1000:>8.2f}ms "
+            f"{g99 * 1000:>6.2f}ms {(g50 - b50) * 1000:>8.2f} {(g99 - b99) * 1000:>8.2f} "
+            f"{g50 / b50:>9.2f}"
         )
-        print(
-            f"{'conc':>4} {'base p50':>9} {'gw p50':>8} {'base p99':>9} {'gw p99':>8} "
-            f"{'+p50 ms':>8} {'+p99 ms':>8} {'ratio p50':>9}"
-        )
-        for concurrency in (1, 16, 64):
-            asyncio.run(measure(f"{stub.url}/v1", "x", concurrency, 30))  # warm-up
-            asyncio.run(measure_gateway(gateway.url, token, concurrency, 30))
-            base = asyncio.run(measure(f"{stub.url}/v1", "x", concurrency, arguments.calls))
-            through = asyncio.run(measure_gateway(gateway.url, token, concurrency, arguments.calls))
-            b50, g50 = statistics.median(base), statistics.median(through)
-            b99, g99 = percentile(base, 0.99), percentile(through, 0.99)
-            print(
-                f"{concurrency:>4} {b50 * 1000:>8.2f}ms {g50 * 1000:>6.2f}ms {b99 * 1000:>8.2f}ms "
-                f"{g99 * 1000:>6.2f}ms {(g50 - b50) * 1000:>8.2f} {(g99 - b99) * 1000:>8.2f} "
-                f"{g50 / b50:>9.2f}"
-            )
 
-        syncs_before = gateway.metric("smartspec_budget_syncs_total")
-        started = time.perf_counter()
-        asyncio.run(measure_gateway(gateway.url, token, 64, arguments.calls * 2))
-        elapsed = time.perf_counter() - started
-        syncs = gateway.metric("smartspec_budget_syncs_total") - syncs_before
-        overhead = gateway.metric("smartspec_gateway_overhead_seconds_sum") / max(
-            1.0, gateway.metric("smartspec_gateway_overhead_seconds_count")
-        )
-        print(
-            f"leased reservations: {arguments.calls * 2 / elapsed:.0f} calls/s through the "
-            f"gateway at 64 concurrent, {syncs:.0f} budget writes for "
-            f"{arguments.calls * 2} calls; mean in-gateway overhead {overhead * 1000:.2f} ms"
-        )
-        done, conflicts = asyncio.run(raw_cas_rate(plane.kubeconfig("admin"), 5.0, 4))
-        print(
-            f"per-call CAS ceiling: {done / 5.0:.0f} reservations/s (reserve + settle writes, "
-            f"4 writers, {conflicts} conflicts in 5 s)"
-        )
-    finally:
-        if gateway is not None and gateway.running:
-            gateway.stop()
-        stub.stop_thread()
-        s3_server.stop()
-        plane.stop()
+    syncs_before = gateway.metric("smartspec_budget_syncs_total")
+    started = time.perf_counter()
+    asyncio.run(measure_gateway(gateway.url, token, 64, calls * 2))
+    elapsed = time.perf_counter() - started
+    syncs = gateway.metric("smartspec_budget_syncs_total") - syncs_before
+    overhead = gateway.metric("smartspec_gateway_overhead_seconds_sum") / max(
+        1.0, gateway.metric("smartspec_gateway_overhead_seconds_count")
+    )
+    print(
+        f"leased reservations: {calls * 2 / elapsed:.0f} calls/s through the "
+        f"gateway at 64 concurrent, {syncs:.0f} budget writes for "
+        f"{calls * 2} calls; mean in-gateway overhead {overhead * 1000:.2f} ms"
+    )
+    done, conflicts = asyncio.run(raw_cas_rate(plane.kubeconfig("admin"), 5.0, 4))
+    print(
+        f"per-call CAS ceiling: {done / 5.0:.0f} reservations/s (reserve + settle writes, "
+        f"4 writers, {conflicts} conflicts in 5 s)"
+    )
 
 
 if __name__ == "__main__":
