@@ -10,7 +10,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from smartspec.builders.jobs import SandboxSettings
+from smartspec.builders.jobs import LocalModelSettings, SandboxSettings
 from smartspec.kube.client import KubeClient, load_configuration
 from smartspec.observability.logs import configure_logging, get_logger
 from smartspec.reconcilers.budgets import register_budget_handlers
@@ -79,6 +79,10 @@ def build_run_context(settings: OperatorSettings, store: S3ObjectStore) -> RunCo
             s3_egress=settings.s3_egress,
             runtime_class_name=settings.runtime_class_name,
             gateway_namespace=settings.gateway_namespace,
+            local_models={
+                name: LocalModelSettings(model=name, **config)
+                for name, config in settings.local_models.items()
+            },
         ),
         token_keys=keys,
         gateway_base_url=settings.gateway_url,

@@ -64,6 +64,9 @@ class OperatorSettings(BaseSettings):
         ]
     )
     """NetworkPolicy egress rules that reach object storage (JSON list; default: HTTPS)."""
+    local_models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Models served by a GPU sidecar in the generator pod (JSON: model name -> image, args,
+    port, gpu_count, node_selector, tolerations, resources, env; see builders.jobs)."""
     url_ttl_seconds: int = Field(default=7200, ge=60, le=7 * 86400)
     """Lifetime of the presigned storage URLs handed to sandboxes."""
 

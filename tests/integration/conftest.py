@@ -168,7 +168,7 @@ def gateway_rbac(cluster: Cluster, crds: list[str]) -> None:
 @pytest.fixture
 def stub() -> Iterator[StubServer]:
     """A local OpenAI-compatible model server (a test stub: its answers are canned)."""
-    server = StubServer(models=["stub-model", "stub-backup"]).start_in_thread()
+    server = StubServer(models=["stub-model", "stub-backup", "local-llama"]).start_in_thread()
     yield server
     server.stop_thread()
 
@@ -197,6 +197,12 @@ def write_gateway_config(path: Path, stub_url: str, *, fallback: bool = True) ->
                 "name": "unpriced-model",
                 "litellmModel": "openai/unpriced",
                 "apiBase": f"{stub_url}/v1",
+            },
+            {
+                "name": "local-llama",
+                "litellmModel": "openai/local-llama",
+                "local": True,
+                "price": {"inputCreditsPerMtok": 10_000, "outputCreditsPerMtok": 10_000},
             },
         ],
         "fallbacks": {"stub-model": ["stub-backup"]} if fallback else {},

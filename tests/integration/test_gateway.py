@@ -480,3 +480,30 @@ def test_a_dead_replicas_lease_is_charged_not_lost(
     assert all(r["holder"] != "gw-0" for r in final.get("reservations", []))
     assert final["spentCredits"] >= lease["credits"], "the lapsed lease was charged"
     assert "ledger OK" in verify_ledger(cluster, tenant, survivor)
+
+
+def test_local_model_calls_go_to_the_attempts_sidecar_and_are_charged(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway, stub: StubServer
+) -> None:
+    create_budget(cluster, tenant, 100_000)
+    run = create_run(cluster, tenant, generator={"backend": "llm", "model": "local-llama"})
+    gateway = start_gateway()
+    admin = cluster.rest("admin")
+    token = token_for(run)
+
+    status, body, _ = chat(gateway, token, model="local-llama")
+    assert (status, body["error"]["code"]) == (503, "local_model_not_ready")
+    assert stub.requests == []
+
+    # The operator records the attempt's sidecar; the stub stands in for that model server.
+    admin.patch(
+        f"{API}/{tenant}/generationruns/run-1/status",
+        {"status": {"attempts": [{"number": 1, "modelEndpoint": f"{stub.url}/v1"}]}},
+    )
+    time.sleep(1.2)  # the gateway reuses a run read for up to a second
+    status, body, _ = chat(gateway, token, model="local-llama")
+    assert status == 200, body
+    assert [request["model"] for request in stub.requests] == ["local-llama"]
+    local_price = ModelPrice("local-llama", 10_000, 10_000)
+    assert settled(admin, tenant)["spentCredits"] == charge(body, local_price)
+    assert "ledger OK" in verify_ledger(cluster, tenant, gateway)

@@ -712,8 +712,20 @@ def test_network_policy_egress_per_role(
         }
     }
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["spec"]["ingress"] == []  # deny all ingress
+    local_generator = run_factory is local_model_run and role == "generator"
+    if not local_generator:
+        assert policy["spec"]["ingress"] == []  # deny all ingress
     assert policy["spec"]["egress"] == egress
+
+
+def test_only_the_gateway_reaches_a_local_model_sidecar() -> None:
+    policy = build_network_policy(local_model_run(), BASE_SETTINGS, "generator")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8001, "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "smartspec-gateway"}}
+    tester = build_network_policy(local_model_run(), BASE_SETTINGS, "tester")
+    assert tester["spec"]["ingress"] == []
 
 
 def test_network_policies_select_the_pods_of_their_role() -> None:

@@ -295,3 +295,12 @@ def test_deciding_again_after_a_crash_asks_for_the_same_job_only() -> None:
     # Once the Job exists nothing more is asked.
     _, after = step(run, seen(jobs={"todo-api-llm-gen-1": JobObservation(JobState.ACTIVE)}))
     assert after.actions == []
+
+
+def test_a_local_model_attempt_records_its_sidecar_endpoint() -> None:
+    run, _ = step(load_run(), seen())
+    jobs = {"todo-api-llm-gen-1": JobObservation(JobState.ACTIVE, pod_ip="10.0.0.7")}
+    run, decision = step(run, seen(jobs=jobs, local_model_port=8001))
+    assert decision.actions == []
+    assert run.status is not None
+    assert run.status.attempts[0].model_endpoint == "http://10.0.0.7:8001/v1"

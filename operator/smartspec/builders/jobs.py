@@ -591,20 +591,18 @@ def build_network_policy(run: GenerationRun, settings: SandboxSettings, role: Ro
     if the_role is SandboxRole.GENERATOR and run.spec.generator.backend is Backend.LLM:
         egress.append(
             {
-                "to": [
-                    {
-                        "namespaceSelector": {
-                            "matchLabels": {
-                                "kubernetes.io/metadata.name": settings.gateway_namespace
-                            }
-                        },
-                        "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
-                    }
-                ],
+                "to": [_gateway_peer(settings)],
                 "ports": [{"port": settings.gateway_port, "protocol": "TCP"}],
             }
         )
     egress += copy.deepcopy(settings.s3_egress)
+    ingress: list[dict[str, Any]] = []
+    local = local_model_for(run, settings) if the_role is SandboxRole.GENERATOR else None
+    if local is not None:
+        # The gateway carries every model call, including to this pod's model-server sidecar.
+        ingress.append(
+            {"from": [_gateway_peer(settings)], "ports": [{"port": local.port, "protocol": "TCP"}]}
+        )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -619,9 +617,18 @@ def build_network_policy(run: GenerationRun, settings: SandboxSettings, role: Ro
                 }
             },
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [],
+            "ingress": ingress,
             "egress": egress,
         },
+    }
+
+
+def _gateway_peer(settings: SandboxSettings) -> dict[str, Any]:
+    return {
+        "namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": settings.gateway_namespace}
+        },
+        "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
     }
 
 

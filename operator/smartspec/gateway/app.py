@@ -35,7 +35,7 @@ from smartspec.gateway.accounting import (
     recently_synced,
 )
 from smartspec.gateway.config import GatewayConfig
-from smartspec.gateway.router import UpstreamError, build_router, complete
+from smartspec.gateway.router import UpstreamError, build_router, complete, complete_local
 from smartspec.gateway.transcripts import TranscriptMissingError, load_transcript, store_transcript
 from smartspec.kube.client import KubeClient, KubeError, custom_object_path
 from smartspec.logic.budget import model_allowed
@@ -217,7 +217,14 @@ class Gateway:
             upstream.pop("max_completion_tokens", None)
             upstream_started = time.perf_counter()
             try:
-                result = await complete(self.router, upstream)
+                local = self.config.local_routes.get(model)
+                if local is not None:
+                    endpoint = _local_endpoint(run, claims)
+                    result = await complete_local(
+                        local, endpoint, upstream, self.config.num_retries
+                    )
+                else:
+                    result = await complete(self.router, upstream)
             except UpstreamError as error:
                 upstream_seconds = time.perf_counter() - upstream_started
                 account.release(call_id)
@@ -528,6 +535,21 @@ class Gateway:
         await self.flush_all(final=True)
         await self.store.aclose()
         await self.kube.close()
+
+
+def _local_endpoint(run: dict[str, Any], claims: RunTokenClaims) -> str:
+    """The model server of the token's attempt, as the operator recorded it on the run."""
+    attempts: list[dict[str, Any]] = (run.get("status") or {}).get("attempts") or []
+    current: dict[str, Any] = next((a for a in attempts if a.get("number") == claims.attempt), {})
+    endpoint = current.get("modelEndpoint")
+    if not endpoint:
+        # Raised as an upstream failure so the held reservation is released.
+        raise UpstreamError(
+            "local_model_not_ready",
+            503,
+            f"attempt {claims.attempt} of {claims.run} has no local model server yet",
+        )
+    return str(endpoint)
 
 
 def _fail_closed(error: BudgetUnavailableError) -> GatewayError:

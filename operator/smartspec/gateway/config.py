@@ -52,6 +52,19 @@ class ModelRoute(BaseModel):
     """Price in credits per million tokens; required unless litellm's map prices the model."""
     cost_map_name: str | None = None
     """Name to look up in litellm's cost map when it differs from `name`."""
+    local: bool = False
+    """Served by a model-server sidecar in each run's generator pod (CORE-004): calls go to
+    the endpoint the operator records on the run's current attempt, not to `apiBase`."""
+
+    @model_validator(mode="after")
+    def _local_models_are_priced(self) -> ModelRoute:
+        if self.local and self.price is None:
+            raise ValueError(f"local model {self.name} needs an explicit price")
+        if self.local and self.api_base is not None:
+            raise ValueError(
+                f"local model {self.name}: the endpoint comes from the run, not apiBase"
+            )
+        return self
 
 
 class GatewayConfig(BaseModel):
@@ -80,6 +93,10 @@ class GatewayConfig(BaseModel):
     @property
     def model_names(self) -> list[str]:
         return sorted({route.name for route in self.models})
+
+    @property
+    def local_routes(self) -> dict[str, ModelRoute]:
+        return {route.name: route for route in self.models if route.local}
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:

@@ -14,6 +14,7 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ import litellm
 import openai
 from litellm.router import Router
 
-from smartspec.gateway.config import GatewayConfig
+from smartspec.gateway.config import GatewayConfig, ModelRoute
 
 litellm.telemetry = False
 litellm.suppress_debug_info = True
@@ -55,6 +56,8 @@ def build_router(config: GatewayConfig) -> Router:
     """A litellm Router: deployments, retries, fallbacks and per-deployment timeouts."""
     model_list = []
     for route in config.models:
+        if route.local:
+            continue  # per-run endpoints: see complete_local
         # The Router owns retries and fallbacks; the SDK under it must not retry on its own,
         # or every retry would multiply (and fallbacks would come late).
         params: dict[str, Any] = {
@@ -82,8 +85,12 @@ def build_router(config: GatewayConfig) -> Router:
 
 async def complete(router: Router, request: dict[str, Any]) -> Completion:
     """One chat completion; raises UpstreamError with a clear class when all routes fail."""
+    return await _call(router.acompletion(**request), request["model"])
+
+
+async def _call(call: Awaitable[Any], model: str) -> Completion:
     try:
-        response = await router.acompletion(**request)
+        response = await call
     except openai.APITimeoutError as error:
         raise UpstreamError("timeout", 504, _message(error)) from error
     except openai.APIConnectionError as error:
@@ -99,8 +106,24 @@ async def complete(router: Router, request: dict[str, Any]) -> Completion:
     completion_tokens = int(usage.get("completion_tokens") or 0)
     if "choices" not in body:
         raise UpstreamError("malformed_answer", 502, "the provider's answer has no choices")
-    served_by = str(body.get("model", request["model"]))
+    served_by = str(body.get("model", model))
     return Completion(body, prompt_tokens, completion_tokens, served_by)
+
+
+async def complete_local(
+    route: ModelRoute, endpoint: str, request: dict[str, Any], retries: int
+) -> Completion:
+    """A call to one run's local model server (the sidecar in its generator pod)."""
+    params = {
+        **request,
+        "model": route.litellm_model,
+        "api_base": endpoint,
+        "api_key": "unused",
+        "timeout": route.timeout_seconds,
+        "max_retries": 0,
+        "num_retries": retries,
+    }
+    return await _call(litellm.acompletion(**params), request["model"])
 
 
 def _classify(status: int) -> tuple[str, int]:

@@ -77,6 +77,8 @@ class JobObservation:
     reason: str | None = None
     message: str | None = None
     """The container's termination message (the program's last JSON line)."""
+    pod_ip: str | None = None
+    """The running pod's IP (for a local model server sidecar)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ class Observations:
     budget: BudgetObservation | None
     jobs: dict[str, JobObservation]
     generator_results: dict[int, ManifestObservation] = field(default_factory=dict)
+    local_model_port: int | None = None
+    """Port of the model-server sidecar when the run's model is a local one."""
     test_results: dict[int, ReportObservation] = field(default_factory=dict)
 
 
@@ -361,6 +365,9 @@ def _advance_generation(
         decision.actions.append(Action(ActionKind.CREATE_GENERATOR_JOB, attempt.number))
         return
     if job.state in {JobState.ACTIVE, JobState.SUSPENDED}:
+        if seen.local_model_port is not None and job.pod_ip:
+            # The gateway routes this attempt's calls to the sidecar in the generator pod.
+            attempt.model_endpoint = f"http://{job.pod_ip}:{seen.local_model_port}/v1"
         return
     if job.state is JobState.FAILED:
         _attempt_failed_in_generation(run, job, now, decision)

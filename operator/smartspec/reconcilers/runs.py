@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from smartspec.builders.jobs import (
     build_network_policies,
     build_test_job,
     instructions_secret_name,
+    local_model_for,
 )
 from smartspec.kube.client import ConflictError, KubeClient, KubeError, NotFoundError
 from smartspec.logic.budget import model_allowed
@@ -147,10 +148,12 @@ async def reconcile_run(body: kopf.Body, patch: kopf.Patch, context: RunContext)
 
 async def gather(run: GenerationRun, context: RunContext) -> Observations:
     namespace = run.metadata.namespace or ""
+    local = local_model_for(run, context.sandbox)
     observations = Observations(
         spec=await _observe_spec(context.kube, namespace, run.spec.spec_ref.name),
         budget=await _observe_budget(context.kube, namespace, run),
         jobs=await _observe_jobs(context.kube, namespace, run),
+        local_model_port=local.port if local is not None else None,
     )
     status = run.status
     if status is None or status.pinned_spec is None:
@@ -218,16 +221,23 @@ async def _observe_jobs(
     jobs = await kube.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs", query=selector)
     pods = await kube.request("GET", f"/api/v1/namespaces/{namespace}/pods", query=selector)
     terminated: dict[str, Mapping[str, Any]] = {}
+    pod_ips: dict[str, str] = {}
     for pod in pods.get("items", []):
         job = (pod.get("metadata", {}).get("labels") or {}).get("job-name")
-        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        status = pod.get("status") or {}
+        if job and status.get("phase") == "Running" and status.get("podIP"):
+            pod_ips[job] = status["podIP"]
+        for container in status.get("containerStatuses") or []:
             state = (container.get("state") or {}).get("terminated")
             if job and state:
                 terminated[job] = state
     observed: dict[str, JobObservation] = {}
     for job in jobs.get("items", []):
         name = job["metadata"]["name"]
-        observed[name] = _job_observation(job, terminated.get(name))
+        observation = _job_observation(job, terminated.get(name))
+        if observation.state is JobState.ACTIVE and name in pod_ips:
+            observation = replace(observation, pod_ip=pod_ips[name])
+        observed[name] = observation
     return observed
 
 

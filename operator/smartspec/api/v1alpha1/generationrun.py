@@ -276,6 +276,9 @@ class AttemptStatus(WireModel):
     """Credits charged to this attempt."""
     feedback_digest: ContentHash | None = None
     """sha256 of the failure report fed to the next attempt."""
+    model_endpoint: str | None = Field(default=None, max_length=256, pattern=r"^https?://")
+    """OpenAI-compatible URL of this attempt's local model server (its generator pod's
+    sidecar); the gateway routes the attempt's calls for a local model there."""
     started_at: AwareDatetime | None = None
     """When the attempt's generator Job was created."""
     finished_at: AwareDatetime | None = None
