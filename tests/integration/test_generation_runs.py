@@ -123,25 +123,58 @@ def test_builtin_run_succeeds_with_artifacts_and_evidence(
     ]
 
 
-def test_a_run_for_an_unapproved_spec_waits_without_a_job(
-    cluster: Cluster, tenant: str, start_operator: Callable[..., Any], tmp_path: Path
+@pytest.mark.parametrize(
+    ("change", "budget_allow", "expected", "phase"),
+    [
+        ({"allowDraft": False}, None, "False/SpecNotApproved", "Pending"),
+        ({"specRef": {"name": "no-such-spec"}}, None, "False/SpecNotFound", "Pending"),
+        (
+            {"generator": {"backend": "llm", "model": "gpt-4o"}},
+            ["stub-*"],
+            "False/ModelNotAllowed",
+            "Failed",
+        ),
+    ],
+    ids=["unapproved-spec", "unknown-spec", "disallowed-model"],
+)
+def test_malformed_runs_get_a_condition_and_no_job(
+    cluster: Cluster,
+    tenant: str,
+    start_operator: Callable[..., Any],
+    tmp_path: Path,
+    change: dict[str, Any],
+    budget_allow: list[str] | None,
+    expected: str,
+    phase: str,
 ) -> None:
     start_operator(tenant, **operator_env(tmp_path))
+    if budget_allow is not None:
+        cluster.rest("platform_admin").post(
+            f"{API}/{tenant}/creditbudgets",
+            {
+                "apiVersion": "smartspec.dev/v1alpha1",
+                "kind": "CreditBudget",
+                "metadata": {"name": "default"},
+                "spec": {"limitCredits": 1000, "models": {"allow": budget_allow}},
+            },
+        )
     builder = cluster.rest("builder")
     builder.post(f"{API}/{tenant}/specs", example("spec.yaml"))
     run = example("generationrun-builtin.yaml")
-    run["spec"]["allowDraft"] = False
+    run["spec"].update(change)
     builder.post(f"{API}/{tenant}/generationruns", run)
     admin = cluster.rest("admin")
 
     def verdict() -> dict[str, Any] | None:
         status = run_status(admin, tenant, "todo-api-builtin")
-        return status if status.get("conditions") else None
+        return status if condition(status, "Admitted") == expected else None
 
-    status = wait_for(verdict, "the admission verdict")
-    assert condition(status, "Admitted") == "False/SpecNotApproved"
-    assert status["phase"] == "Pending"
+    status = wait_for(verdict, f"the admission verdict {expected}")
+    assert status["phase"] == phase
     assert admin.get(f"/apis/batch/v1/namespaces/{tenant}/jobs")["items"] == []
+    events = admin.get(f"/api/v1/namespaces/{tenant}/events")["items"]
+    reason = expected.split("/")[1]
+    assert any(event["reason"] == reason for event in events), "a Warning Event says why"
 
 
 def stub_model_reply(body: dict[str, Any]) -> str:
