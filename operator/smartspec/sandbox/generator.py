@@ -29,12 +29,11 @@ from . import ExitCode, Generation, Outcome, ProgramExit, builtin, llm, run_prog
 from .instructions import (
     MANIFEST_FORMAT,
     GeneratorInstructions,
-    InstructionsError,
     Limits,
     Manifest,
     TestReport,
     describe_validation_error,
-    load_instructions,
+    load_role_instructions,
 )
 from .transfer import TransferError, download, upload
 
@@ -67,16 +66,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
 
 
 def _generate(environ: Mapping[str, str] | None) -> Outcome:
-    try:
-        instructions = load_instructions(environ)
-    except InstructionsError as error:
-        raise ProgramExit(ExitCode.BAD_INPUT, "Error", str(error)) from None
-    if not isinstance(instructions, GeneratorInstructions):
-        raise ProgramExit(
-            ExitCode.BAD_INPUT,
-            "Error",
-            f"the instructions have role {instructions.role!r}; this program is the generator",
-        )
+    instructions = load_role_instructions(environ, GeneratorInstructions, "generator")
     spec = _read_spec(instructions)
     feedback = _read_feedback(instructions)
     generation = _run_backend(instructions, spec, feedback)

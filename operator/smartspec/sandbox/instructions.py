@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -275,6 +275,9 @@ class InstructionsError(Exception):
         super().__init__(f"{source}: {summary}{detail}")
 
 
+RoleT = TypeVar("RoleT", GeneratorInstructions, TesterInstructions)
+
+
 def load_instructions(
     environ: Mapping[str, str] | None = None,
 ) -> GeneratorInstructions | TesterInstructions:
@@ -301,6 +304,25 @@ def load_instructions(
     raise InstructionsError(
         INSTRUCTIONS_ENV, f"no instructions: neither {INSTRUCTIONS_FILE_ENV} nor it is set"
     )
+
+
+def load_role_instructions(
+    environ: Mapping[str, str] | None, expected: type[RoleT], program: str
+) -> RoleT:
+    """The instructions, which must be for `program`'s role; ProgramExit(BAD_INPUT) if not."""
+    from smartspec.sandbox import ExitCode, ProgramExit  # noqa: PLC0415 (the package imports us)
+
+    try:
+        instructions = load_instructions(environ)
+    except InstructionsError as error:
+        raise ProgramExit(ExitCode.BAD_INPUT, "Error", str(error)) from None
+    if not isinstance(instructions, expected):
+        raise ProgramExit(
+            ExitCode.BAD_INPUT,
+            "Error",
+            f"the instructions have role {instructions.role!r}; this program is the {program}",
+        )
+    return instructions
 
 
 def parse_instructions(text: str, source: str) -> GeneratorInstructions | TesterInstructions:

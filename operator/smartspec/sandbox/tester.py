@@ -40,7 +40,6 @@ from . import ExitCode, Outcome, ProgramExit, run_program
 from .instructions import (
     INSTRUCTIONS_ENV,
     INSTRUCTIONS_FILE_ENV,
-    InstructionsError,
     Manifest,
     ManifestFile,
     RequirementEvidence,
@@ -49,7 +48,7 @@ from .instructions import (
     TestFailure,
     TestReport,
     describe_validation_error,
-    load_instructions,
+    load_role_instructions,
 )
 from .requirement_plugin import REPORT_ENV
 from .transfer import TooLargeError, TransferError, download, upload
@@ -82,16 +81,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
 
 
 def _test(environ: Mapping[str, str] | None) -> Outcome:
-    try:
-        instructions = load_instructions(environ)
-    except InstructionsError as error:
-        raise ProgramExit(ExitCode.BAD_INPUT, "Error", str(error)) from None
-    if not isinstance(instructions, TesterInstructions):
-        raise ProgramExit(
-            ExitCode.BAD_INPUT,
-            "Error",
-            f"the instructions have role {instructions.role!r}; this program is the tester",
-        )
+    instructions = load_role_instructions(environ, TesterInstructions, "tester")
     manifest = _read_manifest(instructions)
     expected = _check_listing(instructions, manifest)
     spec = _read_spec(instructions)
