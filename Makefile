@@ -30,16 +30,20 @@ typecheck: $(STAMP) ## mypy --strict with the pydantic plugin
 contracts: $(STAMP) ## import-linter: pure layers stay free of I/O libraries
 	$(BIN)/lint-imports
 
-crds: $(STAMP) ## regenerate crds/ and deploy/ from the types and builders
+crds: $(STAMP) ## regenerate crds/ and deploy/ (and the chart's copies) from the code
 	$(BIN)/smartspec crds
 	$(BIN)/smartspec manifests
+	rm -f charts/smartspec/files/crds/*.yaml charts/smartspec/files/deploy/*.yaml
+	cp crds/*.yaml charts/smartspec/files/crds/
+	cp deploy/*.yaml charts/smartspec/files/deploy/
 
 verify: lint typecheck contracts $(STAMP) ## every static check, and crds/ and deploy/ are current
 	$(BIN)/smartspec crds --check
 	$(BIN)/smartspec manifests --check
 
-testbin: ## build (or reuse) etcd, kube-apiserver, kube-controller-manager under ~/.cache
+testbin: ## build (or reuse) etcd, kube-apiserver, kube-controller-manager, helm under ~/.cache
 	tools/build-testbin.sh
+	tools/build-helm.sh
 
 unit: $(STAMP) ## unit tests only (no cluster)
 	$(BIN)/pytest tests/unit
