@@ -14,11 +14,16 @@ from typing import Any
 
 import boto3
 import pytest
-import yaml
 
 from smartspec.builders.rbac import BUILDER_ROLE, GATEWAY_ROLE, OPERATOR_ROLE, PLATFORM_ADMIN_ROLE
 from stubs.openai_stub import StubServer
-from testcluster.harness import TEST_TOKEN_KEY, GatewayProcess, OperatorProcess, apply_documents
+from testcluster.harness import (
+    TEST_TOKEN_KEY,
+    GatewayProcess,
+    OperatorProcess,
+    apply_documents,
+    write_gateway_config,
+)
 from testcluster.plugin import Cluster
 from testcluster.rest import ApiException, Rest
 from testcluster.s3 import S3Endpoint
@@ -171,44 +176,6 @@ def stub() -> Iterator[StubServer]:
     server = StubServer(models=["stub-model", "stub-backup", "local-llama"]).start_in_thread()
     yield server
     server.stop_thread()
-
-
-def write_gateway_config(path: Path, stub_url: str, *, fallback: bool = True) -> Path:
-    """Two priced stub deployments; stub-model falls back to stub-backup."""
-    config = {
-        "creditsPerUsd": 1_000_000,
-        "numRetries": 1,
-        "models": [
-            {
-                "name": "stub-model",
-                "litellmModel": "openai/stub-model",
-                "apiBase": f"{stub_url}/v1",
-                "timeoutSeconds": 20,
-                "price": {"inputCreditsPerMtok": 150_000, "outputCreditsPerMtok": 600_000},
-            },
-            {
-                "name": "stub-backup",
-                "litellmModel": "openai/stub-backup",
-                "apiBase": f"{stub_url}/v1",
-                "timeoutSeconds": 20,
-                "price": {"inputCreditsPerMtok": 300_000, "outputCreditsPerMtok": 1_200_000},
-            },
-            {
-                "name": "unpriced-model",
-                "litellmModel": "openai/unpriced",
-                "apiBase": f"{stub_url}/v1",
-            },
-            {
-                "name": "local-llama",
-                "litellmModel": "openai/local-llama",
-                "local": True,
-                "price": {"inputCreditsPerMtok": 10_000, "outputCreditsPerMtok": 10_000},
-            },
-        ],
-        "fallbacks": {"stub-model": ["stub-backup"]} if fallback else {},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture

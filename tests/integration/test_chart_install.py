@@ -13,17 +13,26 @@ server, with no type-checking warnings) and its binding, Service, ConfigMap, HPA
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
+from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
+from testcluster.harness import (
+    GatewayProcess,
+    OperatorProcess,
+    wait_for,
+    write_gateway_config,
+)
 from testcluster.plugin import Cluster
 from testcluster.rest import ApiException, Rest
 
@@ -206,3 +215,159 @@ def test_every_rendered_object_is_accepted_by_the_api_server(
         account = binding["subjects"][0]
         assert account["namespace"] == namespace
         admin.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{account['name']}")
+
+
+def service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount (a TokenRequest token)."""
+    admin = cluster.rest("admin")
+    answer = admin.post(
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
+    )
+    config = yaml.safe_load(cluster.kubeconfig("admin").read_text())
+    for user in config["users"]:
+        user["user"] = {"token": answer["status"]["token"]}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_example_runs_under_the_charts_service_accounts_alone(
+    cluster: Cluster,
+    crds: list[str],
+    namespace: str,
+    rendered: list[Doc],
+    cleanup_cluster_scoped: list[str],
+    tenant: str,
+    namespace_factory: Callable[[], str],
+    local_node: Any,
+    s3: Any,
+    stub: Any,
+    tmp_path: Path,
+) -> None:
+    """The operator and the gateway run with the chart's ServiceAccounts and nothing else:
+    a permission missing from the chart's ClusterRoles fails this test."""
+    admin = cluster.rest("admin")
+    for doc in sorted(rendered, key=lambda d: d["kind"] != "CustomResourceDefinition"):
+        if doc["kind"] in DRY_RUN_ONLY:
+            continue
+        path = collection_path(doc, namespace)
+        create_or_replace(admin, path, doc, fieldValidation="Strict")
+        if not PLURALS[doc["kind"]][1] and doc["kind"] != "CustomResourceDefinition":
+            cleanup_cluster_scoped.append(f"{path}/{doc['metadata']['name']}")
+    accounts = {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d["metadata"]["name"]
+        for d in rendered
+        if d["kind"] == "ServiceAccount"
+    }
+    secret = next(
+        d for d in rendered if d["kind"] == "Secret" and "run-token" in d["metadata"]["name"]
+    )
+    stored = admin.get(f"/api/v1/namespaces/{namespace}/secrets/{secret['metadata']['name']}")
+    keys = tmp_path / "chart-token-keys"
+    keys.write_bytes(base64.b64decode(next(iter(stored["data"].values()))))
+
+    gateway = GatewayProcess(
+        cluster,
+        s3,
+        config_path=write_gateway_config(tmp_path / "gateway.yaml", stub.url),
+        keys_path=keys,
+        log_path=tmp_path / "gateway.log",
+        replica="chart-gateway",
+        kubeconfig=service_account_kubeconfig(
+            cluster, namespace, accounts["gateway"], tmp_path / "gateway.kubeconfig"
+        ),
+    )
+    gateway.start()
+    operator = OperatorProcess(
+        cluster,
+        s3,
+        [tenant],
+        tmp_path / "operator.log",
+        {"SMARTSPEC_TOKEN_KEYS_FILE": str(keys), "SMARTSPEC_GATEWAY_URL": f"{gateway.url}/v1"},
+        kubeconfig=service_account_kubeconfig(
+            cluster, namespace, accounts["operator"], tmp_path / "operator.kubeconfig"
+        ),
+    )
+    operator.start()
+    try:
+        builder = cluster.rest("builder")
+        api = f"/apis/smartspec.dev/v1alpha1/namespaces/{tenant}"
+        example = REPO / "examples" / "todo-service"
+        builder.post(f"{api}/specs", yaml.safe_load((example / "spec.yaml").read_text()))
+        run = yaml.safe_load((example / "generationrun-builtin.yaml").read_text())
+        builder.post(f"{api}/generationruns", run)
+
+        def finished() -> dict[str, Any] | None:
+            status: dict[str, Any] = (
+                admin.get(f"{api}/generationruns/todo-api-builtin").get("status") or {}
+            )
+            return status if status.get("phase") in {"Succeeded", "Failed"} else None
+
+        status = wait_for(finished, "the example run under the chart's RBAC", timeout=240)
+        assert status["phase"] == "Succeeded", operator.log()[-3000:]
+
+        # The gateway's account reads runs and budgets and writes their status: one call in
+        # a namespace the operator does not watch, so only the gateway touches the run.
+        other = namespace_factory()
+        other_api = f"/apis/smartspec.dev/v1alpha1/namespaces/{other}"
+        cluster.rest("platform_admin").post(
+            f"{other_api}/creditbudgets",
+            {
+                "apiVersion": "smartspec.dev/v1alpha1",
+                "kind": "CreditBudget",
+                "metadata": {"name": "default"},
+                "spec": {"limitCredits": 100_000},
+            },
+        )
+        direct = {
+            "apiVersion": "smartspec.dev/v1alpha1",
+            "kind": "GenerationRun",
+            "metadata": {"name": "direct"},
+            "spec": {
+                "specRef": {"name": "todo-api"},
+                "generator": {"backend": "llm", "model": "stub-model"},
+            },
+        }
+        created = cluster.rest("builder").post(f"{other_api}/generationruns", direct)
+        admin.patch(
+            f"{other_api}/generationruns/direct/status",
+            {"status": {"phase": "Generating", "attempt": 1}},
+        )
+        claims = RunTokenClaims(
+            namespace=other,
+            run="direct",
+            run_uid=created["metadata"]["uid"],
+            attempt=1,
+            budget="default",
+            spec_revision=1,
+            expires_at=int(time.time()) + 600,
+        )
+        token = mint_run_token(claims, keys.read_bytes().split()[0])
+        answer = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={
+                "model": "stub-model",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 16,
+            },
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+
+        def charged() -> int | None:
+            budget = admin.get(f"{other_api}/creditbudgets/default").get("status") or {}
+            usage = (admin.get(f"{other_api}/generationruns/direct").get("status") or {}).get(
+                "usage"
+            ) or {}
+            settled = budget.get("spentCredits", 0) > 0 and budget.get("reservedCredits") == 0
+            return int(budget["spentCredits"]) if settled and usage.get("calls") == 1 else None
+
+        wait_for(charged, "the gateway's settlement under its chart account")
+    finally:
+        operator.stop()
+        gateway.stop()

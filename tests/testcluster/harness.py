@@ -66,6 +66,44 @@ def apply_documents(rest: Rest, path: Path) -> list[dict[str, Any]]:
     return documents
 
 
+def write_gateway_config(path: Path, stub_url: str, *, fallback: bool = True) -> Path:
+    """Two priced stub deployments; stub-model falls back to stub-backup."""
+    config = {
+        "creditsPerUsd": 1_000_000,
+        "numRetries": 1,
+        "models": [
+            {
+                "name": "stub-model",
+                "litellmModel": "openai/stub-model",
+                "apiBase": f"{stub_url}/v1",
+                "timeoutSeconds": 20,
+                "price": {"inputCreditsPerMtok": 150_000, "outputCreditsPerMtok": 600_000},
+            },
+            {
+                "name": "stub-backup",
+                "litellmModel": "openai/stub-backup",
+                "apiBase": f"{stub_url}/v1",
+                "timeoutSeconds": 20,
+                "price": {"inputCreditsPerMtok": 300_000, "outputCreditsPerMtok": 1_200_000},
+            },
+            {
+                "name": "unpriced-model",
+                "litellmModel": "openai/unpriced",
+                "apiBase": f"{stub_url}/v1",
+            },
+            {
+                "name": "local-llama",
+                "litellmModel": "openai/local-llama",
+                "local": True,
+                "price": {"inputCreditsPerMtok": 10_000, "outputCreditsPerMtok": 10_000},
+            },
+        ],
+        "fallbacks": {"stub-model": ["stub-backup"]} if fallback else {},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 class SmartspecProcess:
     """A `smartspec <command>` child process with its log kept, ready when `probe_path` (on
     `probe_port`) answers 200, and its Prometheus metrics readable."""
@@ -155,12 +193,13 @@ class OperatorProcess(SmartspecProcess):
         namespaces: list[str],
         log_path: Path,
         extra_env: dict[str, str] | None = None,
+        kubeconfig: Path | None = None,
     ) -> None:
         metrics_port, liveness_port = free_port(), free_port()
         env = {
             **os.environ,
             **s3.env(),
-            "KUBECONFIG": str(cluster.kubeconfig("operator")),
+            "KUBECONFIG": str(kubeconfig or cluster.kubeconfig("operator")),
             "SMARTSPEC_NAMESPACES": json.dumps(namespaces),
             "SMARTSPEC_S3_BUCKET": s3.bucket,
             "SMARTSPEC_S3_ENDPOINT_URL": s3.endpoint_url,
@@ -191,12 +230,13 @@ class GatewayProcess(SmartspecProcess):
         log_path: Path,
         replica: str,
         extra_env: dict[str, str] | None = None,
+        kubeconfig: Path | None = None,
     ) -> None:
         self.port = free_port()
         env = {
             **os.environ,
             **s3.env(),
-            "KUBECONFIG": str(cluster.kubeconfig("gateway")),
+            "KUBECONFIG": str(kubeconfig or cluster.kubeconfig("gateway")),
             "SMARTSPEC_GATEWAY_CONFIG": str(config_path),
             "SMARTSPEC_GATEWAY_TOKEN_KEYS_FILE": str(keys_path),
             "SMARTSPEC_GATEWAY_HOST": "127.0.0.1",
