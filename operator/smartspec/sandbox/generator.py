@@ -13,7 +13,6 @@ is complete. Ends with one JSON line on stdout; progress and reasons go to stder
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from collections.abc import Mapping
 
@@ -35,12 +34,12 @@ from .instructions import (
     describe_validation_error,
     load_role_instructions,
 )
+from .snapshot import MAX_SNAPSHOT_BYTES, read_pinned_spec
 from .transfer import TransferError, download, upload
 
 __all__ = ["MAX_SNAPSHOT_BYTES", "build_manifest", "check_limits", "content_type", "main"]
 
 PROGRAM = "smartspec-generator"
-MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024
 MAX_FEEDBACK_BYTES = 4 * 1024 * 1024
 MANIFEST_KEY = "manifest.json"
 MAX_REPORTED_FINDINGS = 20
@@ -67,7 +66,9 @@ def main(environ: Mapping[str, str] | None = None) -> int:
 
 def _generate(environ: Mapping[str, str] | None) -> Outcome:
     instructions = load_role_instructions(environ, GeneratorInstructions, "generator")
-    spec = _read_spec(instructions)
+    spec = read_pinned_spec(instructions.spec)
+    pinned = instructions.spec
+    _say(f"read spec {pinned.name} revision {pinned.revision} ({pinned.content_hash})")
     feedback = _read_feedback(instructions)
     generation = _run_backend(instructions, spec, feedback)
     check_limits(generation, instructions.limits)
@@ -100,37 +101,6 @@ def _generate(environ: Mapping[str, str] | None) -> Outcome:
             "usage": generation.usage.to_wire(),
         },
     )
-
-
-def _read_spec(instructions: GeneratorInstructions) -> SpecSpec:
-    pinned = instructions.spec
-    try:
-        snapshot = download(pinned.snapshot_url, max_bytes=MAX_SNAPSHOT_BYTES)
-    except TransferError as error:
-        raise ProgramExit(
-            ExitCode.BAD_INPUT, "Error", f"cannot read the spec snapshot: {error}"
-        ) from None
-    actual = HASH_PREFIX + hashlib.sha256(snapshot).hexdigest()
-    if actual != pinned.content_hash:
-        raise ProgramExit(
-            ExitCode.BAD_INPUT,
-            "Error",
-            f"the spec snapshot has sha256 {actual}, but spec.contentHash is "
-            f"{pinned.content_hash}: refusing to generate from content that was not pinned",
-        )
-    try:
-        spec = SpecSpec.model_validate(json.loads(snapshot))
-    except (ValueError, ValidationError) as error:
-        problems = (
-            "; ".join(describe_validation_error(error))
-            if isinstance(error, ValidationError)
-            else str(error)
-        )
-        raise ProgramExit(
-            ExitCode.BAD_INPUT, "Error", f"the spec snapshot is not valid Spec content: {problems}"
-        ) from None
-    _say(f"read spec {pinned.name} revision {pinned.revision} ({pinned.content_hash})")
-    return spec
 
 
 def _read_feedback(instructions: GeneratorInstructions) -> TestReport | None:

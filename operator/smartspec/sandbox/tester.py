@@ -51,6 +51,7 @@ from .instructions import (
     load_role_instructions,
 )
 from .requirement_plugin import REPORT_ENV
+from .snapshot import read_pinned_spec
 from .transfer import TooLargeError, TransferError, download, upload
 
 __all__ = ["build_report", "main", "read_junit"]
@@ -58,7 +59,6 @@ __all__ = ["build_report", "main", "read_junit"]
 PROGRAM = "smartspec-tester"
 PLUGIN = "smartspec.sandbox.requirement_plugin"
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024
 MAX_MESSAGE_CHARS = 2000
 OUTPUT_TAIL_CHARS = 4000
 
@@ -84,7 +84,8 @@ def _test(environ: Mapping[str, str] | None) -> Outcome:
     instructions = load_role_instructions(environ, TesterInstructions, "tester")
     manifest = _read_manifest(instructions)
     expected = _check_listing(instructions, manifest)
-    spec = _read_spec(instructions)
+    # The spec names every requirement, so the report can show the ones no test cites.
+    spec = read_pinned_spec(instructions.spec)
     workspace = Path(tempfile.mkdtemp(prefix="smartspec-tester-"))
     try:
         project = workspace / "project"
@@ -185,30 +186,6 @@ def _check_listing(instructions: TesterInstructions, manifest: Manifest) -> dict
             "the instructions give no URL for manifest file(s): " + ", ".join(missing),
         )
     return listed
-
-
-def _read_spec(instructions: TesterInstructions) -> SpecSpec:
-    # The spec names every requirement, so the report can show the ones no test cites.
-    pinned = instructions.spec
-    try:
-        snapshot = download(pinned.snapshot_url, max_bytes=MAX_SNAPSHOT_BYTES)
-    except TransferError as error:
-        raise ProgramExit(
-            ExitCode.BAD_INPUT, "Error", f"cannot read the spec snapshot: {error}"
-        ) from None
-    actual = HASH_PREFIX + hashlib.sha256(snapshot).hexdigest()
-    if actual != pinned.content_hash:
-        raise ProgramExit(
-            ExitCode.BAD_INPUT,
-            "Error",
-            f"the spec snapshot has sha256 {actual}, but spec.contentHash is {pinned.content_hash}",
-        )
-    try:
-        return SpecSpec.model_validate(json.loads(snapshot))
-    except (ValueError, ValidationError) as error:
-        raise ProgramExit(
-            ExitCode.BAD_INPUT, "Error", f"the spec snapshot is not valid Spec content: {error}"
-        ) from None
 
 
 def _fetch_files(

@@ -1,0 +1,50 @@
+"""Reading the pinned Spec revision, as both sandbox programs do.
+
+Contract: specs/CORE-004-generation-runs.md, section "Sandbox contract" (`spec.snapshotUrl`
+and `spec.contentHash`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import ValidationError
+
+from smartspec.api.v1alpha1.spec import SpecSpec
+from smartspec.logic.canonical import HASH_PREFIX
+
+from . import ExitCode, ProgramExit
+from .instructions import SpecRef, describe_validation_error
+from .transfer import TransferError, download
+
+MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024
+
+
+def read_pinned_spec(pinned: SpecRef) -> SpecSpec:
+    """Download the snapshot, check it is the pinned content, and parse it."""
+    try:
+        snapshot = download(pinned.snapshot_url, max_bytes=MAX_SNAPSHOT_BYTES)
+    except TransferError as error:
+        raise ProgramExit(
+            ExitCode.BAD_INPUT, "Error", f"cannot read the spec snapshot: {error}"
+        ) from None
+    actual = HASH_PREFIX + hashlib.sha256(snapshot).hexdigest()
+    if actual != pinned.content_hash:
+        raise ProgramExit(
+            ExitCode.BAD_INPUT,
+            "Error",
+            f"the spec snapshot has sha256 {actual}, but spec.contentHash is "
+            f"{pinned.content_hash}: refusing content that was not pinned",
+        )
+    try:
+        return SpecSpec.model_validate(json.loads(snapshot))
+    except (ValueError, ValidationError) as error:
+        problems = (
+            "; ".join(describe_validation_error(error))
+            if isinstance(error, ValidationError)
+            else str(error)
+        )
+        raise ProgramExit(
+            ExitCode.BAD_INPUT, "Error", f"the spec snapshot is not valid Spec content: {problems}"
+        ) from None
