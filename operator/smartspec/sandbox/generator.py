@@ -25,6 +25,7 @@ from smartspec.logic.canonical import HASH_PREFIX, canonical_json
 from smartspec.logic.credential_scan import scan_text
 
 from . import ExitCode, Generation, Outcome, ProgramExit, builtin, llm, run_program
+from .exchange import MAX_SNAPSHOT_BYTES, read_pinned_spec, store
 from .instructions import (
     MANIFEST_FORMAT,
     GeneratorInstructions,
@@ -34,8 +35,7 @@ from .instructions import (
     describe_validation_error,
     load_role_instructions,
 )
-from .snapshot import MAX_SNAPSHOT_BYTES, read_pinned_spec
-from .transfer import TransferError, download, upload
+from .transfer import TransferError, download
 
 __all__ = ["MAX_SNAPSHOT_BYTES", "build_manifest", "check_limits", "content_type", "main"]
 
@@ -80,9 +80,9 @@ def _generate(environ: Mapping[str, str] | None) -> Outcome:
 
     total = 0
     for item in generation.files:
-        _store(instructions, FILES_PREFIX + item.path, item.content, content_type(item.path))
+        store(instructions.upload, FILES_PREFIX + item.path, item.content, content_type(item.path))
         total += len(item.content)
-    manifest_key = _store(instructions, MANIFEST_KEY, manifest, "application/json")
+    manifest_key = store(instructions.upload, MANIFEST_KEY, manifest, "application/json")
     digest = HASH_PREFIX + hashlib.sha256(manifest).hexdigest()
     _say(
         f"uploaded {len(generation.files)} files ({total} bytes) and {MANIFEST_KEY} "
@@ -242,13 +242,6 @@ def content_type(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     suffix = name[name.rfind(".") :] if "." in name else ""
     return _CONTENT_TYPES.get(suffix.lower(), "application/octet-stream")
-
-
-def _store(instructions: GeneratorInstructions, suffix: str, body: bytes, kind: str) -> str:
-    try:
-        return upload(instructions.upload, suffix, body, kind)
-    except TransferError as error:
-        raise ProgramExit(ExitCode.BAD_INPUT, "Error", f"cannot upload {suffix}: {error}") from None
 
 
 def _say(message: str) -> None:

@@ -37,6 +37,7 @@ from smartspec.api.v1alpha1.spec import SpecSpec
 from smartspec.logic.canonical import HASH_PREFIX
 
 from . import ExitCode, Outcome, ProgramExit, run_program
+from .exchange import read_pinned_spec, store
 from .instructions import (
     INSTRUCTIONS_ENV,
     INSTRUCTIONS_FILE_ENV,
@@ -51,8 +52,7 @@ from .instructions import (
     load_role_instructions,
 )
 from .requirement_plugin import REPORT_ENV
-from .snapshot import read_pinned_spec
-from .transfer import TooLargeError, TransferError, download, upload
+from .transfer import TooLargeError, TransferError, download
 
 __all__ = ["build_report", "main", "read_junit"]
 
@@ -97,8 +97,8 @@ def _test(environ: Mapping[str, str] | None) -> Outcome:
 
     report, junit = build_report(run, spec, instructions.timeout_seconds)
     summary = json.dumps(report.to_wire(), indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
-    _store(instructions, "report/junit.xml", junit, "application/xml")
-    summary_key = _store(instructions, "report/summary.json", summary, "application/json")
+    store(instructions.upload, "report/junit.xml", junit, "application/xml")
+    summary_key = store(instructions.upload, "report/summary.json", summary, "application/json")
     counts = report.tests
     covered = sorted(rid for rid, evidence in report.requirements.items() if evidence.passed)
     message = (
@@ -416,13 +416,6 @@ def _error_junit(message: str, duration: float) -> bytes:
 
 def _clip(value: object) -> str:
     return str(value or "")[:MAX_MESSAGE_CHARS]
-
-
-def _store(instructions: TesterInstructions, suffix: str, body: bytes, kind: str) -> str:
-    try:
-        return upload(instructions.upload, suffix, body, kind)
-    except TransferError as error:
-        raise ProgramExit(ExitCode.BAD_INPUT, "Error", f"cannot upload {suffix}: {error}") from None
 
 
 def _say(message: str) -> None:

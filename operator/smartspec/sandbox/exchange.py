@@ -1,7 +1,7 @@
-"""Reading the pinned Spec revision, as both sandbox programs do.
+"""What both sandbox programs exchange with storage: the pinned Spec in, their outputs out.
 
-Contract: specs/CORE-004-generation-runs.md, section "Sandbox contract" (`spec.snapshotUrl`
-and `spec.contentHash`).
+Contract: specs/CORE-004-generation-runs.md, section "Sandbox contract" (`spec.snapshotUrl`,
+`spec.contentHash` and `upload`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from smartspec.api.v1alpha1.spec import SpecSpec
 from smartspec.logic.canonical import HASH_PREFIX
 
 from . import ExitCode, ProgramExit
-from .instructions import SpecRef, describe_validation_error
-from .transfer import TransferError, download
+from .instructions import SpecRef, UploadPolicy, describe_validation_error
+from .transfer import TransferError, download, upload
 
 MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024
 
@@ -48,3 +48,11 @@ def read_pinned_spec(pinned: SpecRef) -> SpecSpec:
         raise ProgramExit(
             ExitCode.BAD_INPUT, "Error", f"the spec snapshot is not valid Spec content: {problems}"
         ) from None
+
+
+def store(policy: UploadPolicy, suffix: str, body: bytes, content_type: str) -> str:
+    """Upload one output under the attempt's prefix; a failure ends the program (exit 2)."""
+    try:
+        return upload(policy, suffix, body, content_type)
+    except TransferError as error:
+        raise ProgramExit(ExitCode.BAD_INPUT, "Error", f"cannot upload {suffix}: {error}") from None
