@@ -20,7 +20,8 @@ from smartspec.api.v1alpha1.creditbudget import PLURAL, CreditBudget, CreditBudg
 from smartspec.logic.budget import budget_conditions
 from smartspec.logic.conditions import find_condition, set_condition
 from smartspec.observability import metrics
-from smartspec.observability.logs import bind_correlation, get_logger
+from smartspec.observability.logs import get_logger
+from smartspec.reconcilers.scope import reconcile_scope
 
 HANDLER_ID = "budget-conditions"
 log = get_logger(__name__)
@@ -39,15 +40,12 @@ def register_budget_handlers(registry: kopf.OperatorRegistry) -> None:
 
 def reconcile_budget(body: kopf.Body, patch: kopf.Patch) -> None:
     """Set conditions from the accounting; post an Event for each condition that turned."""
-    with bind_correlation(
-        str(body.metadata.get("uid", "")),
-        namespace=str(body.metadata.get("namespace", "")),
-        budget=str(body.metadata.get("name", "")),
-    ):
+    with reconcile_scope("CreditBudget", body, "budget") as outcome:
         try:
             budget = CreditBudget.model_validate(dict(body))
         except ValidationError as error:
             log.warning("CreditBudget does not parse", error=str(error))
+            outcome.value = "invalid"
             return
         status = budget.status or CreditBudgetStatus()
         now = datetime.now(UTC)

@@ -63,7 +63,8 @@ from smartspec.logic.run_machine import (
 from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
 from smartspec.logic.spec_lint import known_spec
 from smartspec.observability import metrics
-from smartspec.observability.logs import bind_correlation, get_logger
+from smartspec.observability.logs import get_logger
+from smartspec.reconcilers.scope import reconcile_scope
 from smartspec.storage import S3ObjectStore, StorageError
 
 HANDLER_ID = "generation-run"
@@ -112,35 +113,22 @@ def _in_progress(*, status: kopf.Status, **_: Any) -> bool:
 
 
 async def reconcile_run(body: kopf.Body, patch: kopf.Patch, context: RunContext) -> None:
-    metadata = body.get("metadata", {})
-    with bind_correlation(
-        str(metadata.get("uid", "")),
-        namespace=str(metadata.get("namespace", "")),
-        run=str(metadata.get("name", "")),
-    ):
-        started = time.monotonic()
-        outcome = "ok"
+    with reconcile_scope("GenerationRun", body, "run") as outcome:
         try:
-            try:
-                resource = parse_manifest(body, "GenerationRun")
-            except ManifestError as error:
-                log.warning("GenerationRun does not parse", problems=error.problems)
-                outcome = "invalid"
-                return
-            if not isinstance(resource, GenerationRun) or is_terminal(resource):
-                return
+            resource = parse_manifest(body, "GenerationRun")
+        except ManifestError as error:
+            log.warning("GenerationRun does not parse", problems=error.problems)
+            outcome.value = "invalid"
+            return
+        if not isinstance(resource, GenerationRun) or is_terminal(resource):
+            return
+        try:
             observations = await gather(resource, context)
             decision = decide(resource, observations, datetime.now(UTC))
             await act(resource, decision, context)
-            _write(body, patch, resource, decision)
         except (KubeError, StorageError) as error:
-            outcome = "retry"
             raise kopf.TemporaryError(str(error), delay=5) from error
-        finally:
-            metrics.RECONCILES.labels(kind="GenerationRun", outcome=outcome).inc()
-            metrics.RECONCILE_DURATION.labels(kind="GenerationRun").observe(
-                time.monotonic() - started
-            )
+        _write(body, patch, resource, decision)
 
 
 # ---------------------------------------------------------------- gather

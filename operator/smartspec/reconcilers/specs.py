@@ -10,7 +10,6 @@ because kopf persists it in annotations on every Spec.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +39,8 @@ from smartspec.logic.spec_registry import (
     next_status,
 )
 from smartspec.observability import metrics
-from smartspec.observability.logs import bind_correlation, get_logger
+from smartspec.observability.logs import get_logger
+from smartspec.reconcilers.scope import reconcile_scope
 from smartspec.storage import ObjectStore, StorageError, StorageIntegrityError
 
 HANDLER_ID = "spec-registry"
@@ -116,25 +116,8 @@ async def reconcile_spec(
     store: ObjectStore,
 ) -> None:
     """One reconcile of one Spec: the whole flow, written to `patch` and Events."""
-    metadata = body.get("metadata", {})
-    with bind_correlation(
-        str(metadata.get("uid", "")),
-        namespace=str(metadata.get("namespace", "")),
-        spec=str(metadata.get("name", "")),
-    ):
-        started = time.monotonic()
-        outcome = "ok"
-        try:
-            await _reconcile(body, patch, known_specs, store)
-        except kopf.TemporaryError:
-            outcome = "retry"
-            raise
-        except Exception:
-            outcome = "error"
-            raise
-        finally:
-            metrics.RECONCILES.labels(kind="Spec", outcome=outcome).inc()
-            metrics.RECONCILE_DURATION.labels(kind="Spec").observe(time.monotonic() - started)
+    with reconcile_scope("Spec", body, "spec"):
+        await _reconcile(body, patch, known_specs, store)
 
 
 async def _reconcile(
