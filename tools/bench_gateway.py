@@ -146,9 +146,10 @@ def main() -> None:
         stub.stop_thread()
 
 
-def run_benchmarks(stack: LocalStack, stub: StubServer, calls: int, work: Path) -> None:
-    cluster, s3, plane = stack.cluster, stack.s3, stack.plane
-    if cluster is None or s3 is None or plane is None:
+def start_gateway(stack: LocalStack, stub: StubServer, work: Path) -> tuple[GatewayProcess, str]:
+    """The bench namespace, budgets and run, and one gateway process; returns it and a token."""
+    cluster, s3 = stack.cluster, stack.s3
+    if cluster is None or s3 is None:
         raise RuntimeError("the local stack did not start")
     admin = stack.admin
     admin.post("/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
@@ -208,7 +209,13 @@ def run_benchmarks(stack: LocalStack, stub: StubServer, calls: int, work: Path) 
         )
     )
     gateway.start()
+    return gateway, token
 
+
+def run_benchmarks(stack: LocalStack, stub: StubServer, calls: int, work: Path) -> None:
+    if stack.plane is None:
+        raise RuntimeError("the local stack did not start")
+    gateway, token = start_gateway(stack, stub, work)
     print(
         f"machine: {os.cpu_count()} cores; stub latency {stub.delay_seconds * 1000:.0f} ms; "
         f"{calls} calls per point; plain HTTP client to the gateway, litellm "
@@ -244,7 +251,7 @@ def run_benchmarks(stack: LocalStack, stub: StubServer, calls: int, work: Path) 
         f"gateway at 64 concurrent, {syncs:.0f} budget writes for "
         f"{calls * 2} calls; mean in-gateway overhead {overhead * 1000:.2f} ms"
     )
-    done, conflicts = asyncio.run(raw_cas_rate(plane.kubeconfig("admin"), 5.0, 4))
+    done, conflicts = asyncio.run(raw_cas_rate(stack.plane.kubeconfig("admin"), 5.0, 4))
     print(
         f"per-call CAS ceiling: {done / 5.0:.0f} reservations/s (reserve + settle writes, "
         f"4 writers, {conflicts} conflicts in 5 s)"

@@ -10,6 +10,7 @@ import pytest
 from smartspec.api.v1alpha1.creditbudget import CreditBudgetSpec, CreditBudgetStatus, Period
 from smartspec.logic.budget import (
     BudgetAccountingError,
+    DemandWindow,
     LeaseRequest,
     budget_conditions,
     crossed_thresholds,
@@ -209,3 +210,30 @@ def test_conditions_turn_on_exhaustion_and_thresholds_only() -> None:
     assert turned["BudgetExhausted"][0] == "True"
     assert "calls are refused" in turned["BudgetExhausted"][1]
     assert turned["ThresholdReached"] == ("True", "spending reached 95% of the limit this period")
+
+
+def test_demand_window_counts_the_last_second_only() -> None:
+    window = DemandWindow(window_ms=1000, bucket_ms=100)
+    window.add(10_000, 300)
+    window.add(10_450, 200)
+    assert window.per_second(10_500) == 500
+    assert window.within(10_500, 250) == 125, "a quarter second at 500 credits/s"
+    # The 10.0 s bucket leaves the window once its whole second is over.
+    assert window.per_second(11_050) == 200
+    assert window.per_second(11_500) == 0
+    window.add(20_000, 7)
+    assert window.per_second(20_000) == 7, "old buckets are forgotten, not summed"
+
+
+def test_demand_window_scales_a_shorter_window_to_a_second() -> None:
+    window = DemandWindow(window_ms=500, bucket_ms=100)
+    window.add(0, 40)
+    assert window.per_second(0) == 80
+
+
+@pytest.mark.parametrize(("window_ms", "bucket_ms"), [(0, 100), (1000, 0), (1000, 300)])
+def test_demand_window_refuses_a_window_that_is_not_whole_buckets(
+    window_ms: int, bucket_ms: int
+) -> None:
+    with pytest.raises(ValueError, match="multiple of the bucket"):
+        DemandWindow(window_ms=window_ms, bucket_ms=bucket_ms)

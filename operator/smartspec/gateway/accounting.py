@@ -27,7 +27,7 @@ from smartspec.api.v1alpha1.creditbudget import (
     LedgerHead,
 )
 from smartspec.kube.client import ConflictError, KubeClient, KubeError, custom_object_path
-from smartspec.logic.budget import LeaseRequest, LeaseResult, sync_lease
+from smartspec.logic.budget import DemandWindow, LeaseRequest, LeaseResult, sync_lease
 from smartspec.logic.canonical import canonical_json
 from smartspec.logic.ledger import LedgerDraft, chain_segment, segment_key
 from smartspec.observability import metrics
@@ -81,6 +81,8 @@ class LeaseSettings:
     lease_factor: int
     lease_max_fraction: int
     idle_release_seconds: float
+    refill_horizon_ms: int = 500
+    """A lease's spare part should cover what this replica reserves in this long."""
 
 
 @dataclass
@@ -107,6 +109,11 @@ class LeaseAccount:
     releasing: bool = False
     """An idle release is being written: new reservations wait for the lock."""
     synced_at: float = 0.0
+    demand: DemandWindow = field(default_factory=DemandWindow)
+    sync_ms: int = 0
+    """A running average of how long a sync takes (read, segment, write)."""
+    refilling: bool = False
+    """A background sync topping up the lease is queued or running."""
     tight: bool = False
     """The last grant was short: the budget is nearly exhausted. The lease then keeps no
     spare credits (other replicas may need them) and every reservation takes the lock."""
@@ -143,6 +150,26 @@ class LeaseAccount:
     def hold(self, hold: Hold) -> None:
         self.in_flight[hold.call_id] = hold
         self.last_activity = time.monotonic()
+        self.demand.add(_now_ms(), hold.credits)
+
+    def spare_wanted(self, need: int) -> int:
+        """The spare credits to ask for: room for the call waiting, and for the recent rate."""
+        return max(need * self.settings.lease_factor, self._expected_use())
+
+    def wants_refill(self) -> bool:
+        """Whether to top the lease up now, before a call has to wait for it.
+
+        Near exhaustion (tight) every reservation syncs anyway, and an idle release must
+        not be undone; otherwise refill once the room left is under half the expected use.
+        """
+        if self.refilling or self.releasing or self.tight or self.lock.locked():
+            return False
+        return self.available < self._expected_use() // 2
+
+    def _expected_use(self) -> int:
+        """Credits reserved until a top-up started now has landed and the timer has run."""
+        horizon_ms = self.settings.refill_horizon_ms + 2 * self.sync_ms
+        return self.demand.within(_now_ms(), horizon_ms)
 
     def settle(
         self, call_id: str, credits: int, prompt_tokens: int, completion_tokens: int
@@ -190,7 +217,12 @@ class LeaseAccount:
         return budget
 
     async def sync(
-        self, headroom: int, *, minimum: int = 0, release_idle: bool = False
+        self,
+        headroom: int,
+        *,
+        minimum: int = 0,
+        release_idle: bool = False,
+        resize_only: bool = False,
     ) -> LeaseResult:
         """One CAS write (retried on conflict): settle, re-lease, append the ledger segment.
 
@@ -198,12 +230,23 @@ class LeaseAccount:
         flight, so the request always keeps the lease's unused part (it was granted within
         the limit, so it can be granted again); only an idle release shrinks the lease, and
         it stops new reservations until it is done.
+
+        `resize_only` grows the lease without settling or writing a ledger segment (the
+        timer's next write does both): one read and one write, for calls waiting on room.
+        Settled-but-unwritten costs stay inside the lease as if still in flight, so the
+        status keeps covering them. It falls back to a full sync whenever the write would
+        carry ledger entries of its own (rollover, expiry, lost lease, overrun).
         """
         self.releasing = release_idle
+        started = time.monotonic()
         try:
             for attempt in range(1, MAX_CAS_ATTEMPTS + 1):
                 try:
-                    return await self._sync_once(headroom, minimum, release_idle)
+                    result = await self._sync_once(headroom, minimum, release_idle, resize_only)
+                    elapsed_ms = int((time.monotonic() - started) * 1000)
+                    # Remember how long writes take now: the lease must outlast the next one.
+                    self.sync_ms = (self.sync_ms + elapsed_ms) // 2
+                    return result
                 except ConflictError:
                     metrics.BUDGET_CAS_CONFLICTS.inc()
                     # Jittered exponential backoff, so racing replicas fall out of step.
@@ -215,12 +258,15 @@ class LeaseAccount:
             "in a row"
         )
 
-    async def _sync_once(self, headroom: int, minimum: int, release_idle: bool) -> LeaseResult:
+    async def _sync_once(
+        self, headroom: int, minimum: int, release_idle: bool, resize_only: bool
+    ) -> LeaseResult:
         budget = await self._read()
         now = datetime.now(UTC)
-        settled = self.settled_unflushed
-        in_flight = self.in_flight_credits
-        call_drafts = list(self.drafts)
+        settled = 0 if resize_only else self.settled_unflushed
+        # Settled but not yet written: still part of the lease until a full sync settles it.
+        in_flight = self.in_flight_credits + self.settled_unflushed - settled
+        call_drafts = [] if resize_only else list(self.drafts)
         keep = 0 if (release_idle or self.tight) else max(0, self.held - in_flight - settled)
         ceiling = max(1, budget.spec.limit_credits // self.settings.lease_max_fraction)
         request = LeaseRequest(
@@ -233,6 +279,8 @@ class LeaseAccount:
             lease_seconds=self.settings.lease_seconds,
         )
         result = sync_lease(budget.spec, budget.status, request, now)
+        if resize_only and (result.system_entries or result.lease_lost):
+            return await self._sync_once(headroom, minimum, release_idle, resize_only=False)
         system_drafts = [
             LedgerDraft(
                 kind=entry.kind,  # type: ignore[arg-type]
@@ -381,6 +429,10 @@ async def add_run_usage(
         except ConflictError:
             await asyncio.sleep(0.005)
     raise KubeError(409, "Conflict", f"usage of {namespace}/{run}: too many conflicting writes")
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
 
 
 def recently_synced(account: LeaseAccount) -> bool:

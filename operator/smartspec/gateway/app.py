@@ -133,6 +133,8 @@ class Gateway:
                     lease_factor=self.options.lease_factor,
                     lease_max_fraction=self.options.lease_max_fraction,
                     idle_release_seconds=self.options.idle_release_seconds,
+                    # Until the timer's next write, and as long again for the write itself.
+                    refill_horizon_ms=int(2000 * self.options.flush_seconds),
                 ),
                 kube=self.kube,
                 store=self.store,
@@ -325,11 +327,15 @@ class Gateway:
         run_room = self._run_room(account, claims, run)
         fast_path = not (account.releasing or account.tight)
         if fast_path and min(account.available, run_room) >= need:
-            return self._hold(account, claims, model, need, call_id), max_tokens
+            hold = self._hold(account, claims, model, need, call_id)
+            if account.wants_refill():
+                account.refilling = True
+                self._spawn(self._refill(account))
+            return hold, max_tokens
         async with account.lock:
             if account.available < need and not (account.tight and recently_synced(account)):
                 try:
-                    await account.sync(need * account.settings.lease_factor, minimum=need)
+                    await account.sync(account.spare_wanted(need), minimum=need, resize_only=True)
                 except BudgetUnavailableError as error:
                     raise _fail_closed(error) from None
             run_room = self._run_room(account, claims, run)
@@ -369,6 +375,18 @@ class Gateway:
                 remaining_credits=remaining,
                 required_credits=need,
             )
+
+    async def _refill(self, account: LeaseAccount) -> None:
+        """Top up a lease running low, so that calls do not queue for one write each."""
+        try:
+            async with account.lock:
+                if not (account.releasing or account.tight):
+                    await account.sync(account.spare_wanted(0), resize_only=True)
+        except BudgetUnavailableError as error:
+            # Calls that find no room sync themselves and fail closed if this persists.
+            log.warning("Lease top-up failed", budget=account.budget, error=str(error))
+        finally:
+            account.refilling = False
 
     def _run_room(self, account: LeaseAccount, claims: RunTokenClaims, run: dict[str, Any]) -> int:
         """Credits the run may still commit under its cap (a large number when uncapped)."""
@@ -514,7 +532,10 @@ class Gateway:
             try:
                 async with account.lock:
                     if final or account.needs_sync():
-                        await account.sync(0, release_idle=final or idle)
+                        release = final or idle
+                        await account.sync(
+                            0 if release else account.spare_wanted(0), release_idle=release
+                        )
                 metrics.BUDGET_LEASE.set(sum(a.held for a in self.accounts.values()))
                 await account.flush_run_usage()
             except (BudgetUnavailableError, KubeError) as error:

@@ -191,6 +191,41 @@ def sync_lease(
     return LeaseResult(new_status, lease_credits, granted, entries, over, lost, overrun)
 
 
+class DemandWindow:
+    """Credits one replica reserved over the last second, in time buckets.
+
+    It sizes a lease's spare part: a replica should hold what it will reserve before its
+    next write, or calls queue for one write after another (each adding only a few calls'
+    worth) when many run at once. Times are integer milliseconds from the caller's clock.
+    """
+
+    def __init__(self, window_ms: int = 1000, bucket_ms: int = 100) -> None:
+        if window_ms <= 0 or bucket_ms <= 0 or window_ms % bucket_ms:
+            raise ValueError("the window must be a positive multiple of the bucket")
+        self.window_ms = window_ms
+        self.bucket_ms = bucket_ms
+        self._buckets: dict[int, int] = {}
+
+    def add(self, now_ms: int, credits: int) -> None:
+        bucket = now_ms // self.bucket_ms
+        self._buckets[bucket] = self._buckets.get(bucket, 0) + credits
+        self._forget(bucket)
+
+    def per_second(self, now_ms: int) -> int:
+        """Credits reserved in the window ending now, scaled to one second."""
+        self._forget(now_ms // self.bucket_ms)
+        return sum(self._buckets.values()) * 1000 // self.window_ms
+
+    def within(self, now_ms: int, horizon_ms: int) -> int:
+        """Credits expected to be reserved in the next horizon_ms at the current rate."""
+        return self.per_second(now_ms) * horizon_ms // 1000
+
+    def _forget(self, current_bucket: int) -> None:
+        oldest = current_bucket - self.window_ms // self.bucket_ms + 1
+        for bucket in [b for b in self._buckets if b < oldest]:
+            del self._buckets[bucket]
+
+
 def crossed_thresholds(spec: CreditBudgetSpec, spent: int, already: list[int]) -> list[int]:
     """Soft thresholds reached by `spent` this period (integer percent arithmetic)."""
     reached = {
