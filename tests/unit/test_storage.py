@@ -66,6 +66,8 @@ async def test_async_path_of_the_memory_store_keeps_the_contract() -> None:
     assert await store.aput_if_absent("k", b"x", "text/plain") is False
     with pytest.raises(StorageIntegrityError):
         await store.aput_if_absent("k", b"y", "text/plain")
+    assert await store.aput_if_absent("k", b"y", "text/plain", first_wins=True) is False
+    assert store.get("k") == b"x", "first wins: the existing object is kept"
     await store.aclose()
 
 

@@ -85,7 +85,9 @@ async def store_transcript(
     }
     key = transcript_key(namespace, digest)
     body = canonical_json(document)
-    await store.aput_if_absent(key, body, "application/json")
+    # The same request asked again gets a new answer (new id and timestamp); the first one
+    # recorded is the one a replay returns, so an existing transcript is simply kept.
+    await store.aput_if_absent(key, body, "application/json", first_wins=True)
     return store.uri(key)
 
 

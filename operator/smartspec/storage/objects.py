@@ -41,8 +41,14 @@ class ObjectStore(Protocol):
         """Write once. True when this call created the object, False when it existed."""
         ...
 
-    async def aput_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
-        """put_if_absent for event-loop callers, without a worker thread."""
+    async def aput_if_absent(
+        self, key: str, body: bytes, content_type: str, *, first_wins: bool = False
+    ) -> bool:
+        """put_if_absent for event-loop callers, without a worker thread.
+
+        With `first_wins` an existing object is kept whatever it holds (no read-back): for
+        records where the first writer defines the content, such as transcripts.
+        """
         ...
 
     async def aclose(self) -> None:
@@ -105,7 +111,9 @@ class S3ObjectStore:
             raise StorageError(f"cannot write s3://{self.bucket}/{key}: {error}") from error
         return True
 
-    async def aput_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
+    async def aput_if_absent(
+        self, key: str, body: bytes, content_type: str, *, first_wins: bool = False
+    ) -> bool:
         """The same conditional PUT over aiohttp, signed with botocore's SigV4 signer.
 
         The gateway writes a transcript per call; boto3 in worker threads would cost a thread
@@ -135,6 +143,8 @@ class S3ObjectStore:
                 status = reply.status
         except aiohttp.ClientError as error:
             raise StorageError(f"cannot write s3://{self.bucket}/{key}: {error}") from error
+        if status == 412 and first_wins:
+            return False
         if status == 412:
             existing = await asyncio.to_thread(self.get, key)
             if existing != body:
@@ -214,7 +224,11 @@ class InMemoryObjectStore:
             raise StorageIntegrityError(f"{self.uri(key)} exists with different content")
         return False
 
-    async def aput_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
+    async def aput_if_absent(
+        self, key: str, body: bytes, content_type: str, *, first_wins: bool = False
+    ) -> bool:
+        if first_wins and key in self.objects:
+            return False
         return self.put_if_absent(key, body, content_type)
 
     async def aclose(self) -> None:
