@@ -176,6 +176,55 @@ def test_a_call_is_charged_once_recorded_and_attributed(
     assert transcripts.get("KeyCount") == 1
 
 
+def run_reads(cluster: Cluster) -> float:
+    """GETs of GenerationRuns the API server has answered so far (its own metric)."""
+    total = 0.0
+    for line in cluster.rest("admin").text("/metrics").splitlines():
+        if (
+            line.startswith("apiserver_request_total{")
+            and 'resource="generationruns"' in line
+            and 'verb="GET"' in line
+            and 'subresource=""' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_calls_arriving_together_share_one_read_of_their_run(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway
+) -> None:
+    create_budget(cluster, tenant, 10**9)
+    run = create_run(cluster, tenant)
+    gateway = start_gateway()
+    token = token_for(run)
+    before = run_reads(cluster)
+    started = time.monotonic()
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            replies = await asyncio.gather(
+                *(
+                    client.post(
+                        f"{gateway.url}/v1/chat/completions",
+                        json={
+                            "model": "stub-model",
+                            "messages": [{"role": "user", "content": f"call {index}"}],
+                            "max_tokens": 16,
+                        },
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                    for index in range(32)
+                )
+            )
+        return [reply.status_code for reply in replies]
+
+    assert asyncio.run(burst()) == [200] * 32
+    elapsed = time.monotonic() - started
+    reads = run_reads(cluster) - before
+    # The run cache lives 1 s: at most one read per second, not one per call.
+    assert reads <= 1 + int(elapsed), f"{reads:.0f} reads of the run in {elapsed:.1f} s"
+
+
 def test_concurrent_replicas_never_overspend(
     cluster: Cluster, tenant: str, start_gateway: StartGateway
 ) -> None:

@@ -51,6 +51,14 @@ class Rest:
     def get(self, path: str, **query: Any) -> Obj:
         return self.request("GET", path, query=query)
 
+    def text(self, path: str) -> str:
+        """A non-JSON GET, such as the API server's /metrics."""
+        resp = self._send("GET", path, None, query=None, content_type="text/plain", timeout=None)
+        data = resp.read()
+        if not 200 <= resp.status <= 299:
+            raise ApiException.from_response(http_resp=resp, body=None, data=None)
+        return data.decode() if isinstance(data, bytes) else str(data)
+
     def post(self, path: str, body: Obj, **query: Any) -> Obj:
         return self.request("POST", path, body, query=query)
 

@@ -104,6 +104,7 @@ class LeaseAccount:
     spec: CreditBudgetSpec | None = None
     status: CreditBudgetStatus | None = None
     spec_read_at: float = 0.0
+    pending_read: asyncio.Future[CreditBudget] | None = None
     last_activity: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     releasing: bool = False
@@ -196,9 +197,17 @@ class LeaseAccount:
         """Read the budget if the cached copy is older than max_age_seconds."""
         if self.spec is not None and time.monotonic() - self.spec_read_at < max_age_seconds:
             return
-        budget = await self._read()
-        self.spec, self.status = budget.spec, budget.status
-        self.spec_read_at = time.monotonic()
+        # One read however many calls find the copy stale at once.
+        if self.pending_read is None:
+            self.pending_read = asyncio.ensure_future(self._read())
+            self.pending_read.add_done_callback(self._read_done)
+        budget = await asyncio.shield(self.pending_read)
+        if time.monotonic() - self.spec_read_at >= max_age_seconds:
+            self.spec, self.status = budget.spec, budget.status
+            self.spec_read_at = time.monotonic()
+
+    def _read_done(self, _: asyncio.Future[CreditBudget]) -> None:
+        self.pending_read = None
 
     async def _read(self) -> CreditBudget:
         path = custom_object_path("creditbudgets", self.namespace, self.budget)

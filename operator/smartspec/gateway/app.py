@@ -112,6 +112,9 @@ class Gateway:
     router: Any = None
     accounts: dict[tuple[str, str], LeaseAccount] = field(default_factory=dict)
     runs: dict[tuple[str, str], tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    run_reads: dict[tuple[str, str], asyncio.Future[tuple[float, dict[str, Any]]]] = field(
+        default_factory=dict
+    )
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     served: frozenset[str] = frozenset()
 
@@ -162,28 +165,38 @@ class Gateway:
         key = (claims.namespace, claims.run)
         cached = self.runs.get(key)
         if cached is None or time.monotonic() - cached[0] > self.options.run_cache_seconds:
-            path = custom_object_path("generationruns", claims.namespace, claims.run)
-            try:
-                body = await self.kube.get(path)
-            except KubeError as error:
-                if error.status == 404:
-                    raise GatewayError(
-                        403,
-                        "permission_error",
-                        f"GenerationRun {claims.namespace}/{claims.run} does not exist",
-                        "run_not_found",
-                    ) from None
-                raise GatewayError(
-                    503, "service_unavailable", f"cannot read the run: {error}", "kube_unavailable"
-                ) from None
-            cached = (time.monotonic(), body)
-            self.runs[key] = cached
+            # One read per run however many of its calls find the cache stale at once.
+            pending = self.run_reads.get(key)
+            if pending is None:
+                pending = asyncio.ensure_future(self._read_run(claims))
+                self.run_reads[key] = pending
+                pending.add_done_callback(lambda _: self.run_reads.pop(key, None))
+            cached = await asyncio.shield(pending)
         run = cached[1]
         problem = _inactive_reason(run, claims)
         if problem is not None:
             metrics.REFUSALS.labels(reason=problem[0]).inc()
             raise GatewayError(403, "permission_error", problem[1], problem[0])
         return run
+
+    async def _read_run(self, claims: RunTokenClaims) -> tuple[float, dict[str, Any]]:
+        path = custom_object_path("generationruns", claims.namespace, claims.run)
+        try:
+            body = await self.kube.get(path)
+        except KubeError as error:
+            if error.status == 404:
+                raise GatewayError(
+                    403,
+                    "permission_error",
+                    f"GenerationRun {claims.namespace}/{claims.run} does not exist",
+                    "run_not_found",
+                ) from None
+            raise GatewayError(
+                503, "service_unavailable", f"cannot read the run: {error}", "kube_unavailable"
+            ) from None
+        cached = (time.monotonic(), body)
+        self.runs[(claims.namespace, claims.run)] = cached
+        return cached
 
     # ------------------------------------------------------------------ routes
 
