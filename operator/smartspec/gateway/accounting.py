@@ -115,6 +115,8 @@ class LeaseAccount:
     """A running average of how long a sync takes (read, segment, write)."""
     refilling: bool = False
     """A background sync topping up the lease is queued or running."""
+    waiting_credits: int = 0
+    """Worst cases of the calls queued for the lock because the lease had no room."""
     tight: bool = False
     """The last grant was short: the budget is nearly exhausted. The lease then keeps no
     spare credits (other replicas may need them) and every reservation takes the lock."""

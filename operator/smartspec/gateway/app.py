@@ -345,49 +345,61 @@ class Gateway:
                 account.refilling = True
                 self._spawn(self._refill(account))
             return hold, max_tokens
-        async with account.lock:
-            if account.available < need and not (account.tight and recently_synced(account)):
-                try:
-                    await account.sync(account.spare_wanted(need), minimum=need, resize_only=True)
-                except BudgetUnavailableError as error:
-                    raise _fail_closed(error) from None
-            run_room = self._run_room(account, claims, run)
-            room = min(account.available, run_room)
-            if room >= need:
-                return self._hold(account, claims, model, need, call_id), max_tokens
-            affordable = min(max_tokens, affordable_completion_tokens(price, prompt_bound, room))
-            if affordable >= MIN_USEFUL_COMPLETION_TOKENS:
-                credits = cost_credits(price, prompt_bound, affordable)
-                log.info(
-                    "Clamped max_tokens to the budget", requested=max_tokens, granted=affordable
+        # Calls queued for room are counted, so the write made for the first covers them all
+        # (after an idle release, 64 calls at once otherwise took one write per few calls).
+        account.waiting_credits += need
+        try:
+            async with account.lock:
+                if account.available < need and not (account.tight and recently_synced(account)):
+                    try:
+                        await account.sync(
+                            max(account.spare_wanted(need), account.waiting_credits),
+                            minimum=need,
+                            resize_only=True,
+                        )
+                    except BudgetUnavailableError as error:
+                        raise _fail_closed(error) from None
+                run_room = self._run_room(account, claims, run)
+                room = min(account.available, run_room)
+                if room >= need:
+                    return self._hold(account, claims, model, need, call_id), max_tokens
+                affordable = min(
+                    max_tokens, affordable_completion_tokens(price, prompt_bound, room)
                 )
-                return self._hold(account, claims, model, credits, call_id), affordable
-            reason = "run_cap_reached" if run_room < account.available else "budget_exhausted"
-            remaining = (
-                max(0, run_room) if reason == "run_cap_reached" else account.budget_remaining()
-            )
-            account.record(
-                self._draft(
-                    "refuse",
-                    claims,
-                    account,
-                    None,
-                    model=model,
-                    detail=f"{reason}: needed {need}, {remaining} left",
+                if affordable >= MIN_USEFUL_COMPLETION_TOKENS:
+                    credits = cost_credits(price, prompt_bound, affordable)
+                    log.info(
+                        "Clamped max_tokens to the budget", requested=max_tokens, granted=affordable
+                    )
+                    return self._hold(account, claims, model, credits, call_id), affordable
+                reason = "run_cap_reached" if run_room < account.available else "budget_exhausted"
+                remaining = (
+                    max(0, run_room) if reason == "run_cap_reached" else account.budget_remaining()
                 )
-            )
-            metrics.REFUSALS.labels(reason=reason).inc()
-            metrics.CREDITS.labels(action="refused").inc(need)
-            raise GatewayError(
-                402,
-                "budget_exceeded",
-                f"{'the run' if reason == 'run_cap_reached' else 'the budget'} has {remaining} "
-                f"credits left; this call needs up to {need} "
-                f"(at least {MIN_USEFUL_COMPLETION_TOKENS} completion tokens)",
-                reason,
-                remaining_credits=remaining,
-                required_credits=need,
-            )
+                account.record(
+                    self._draft(
+                        "refuse",
+                        claims,
+                        account,
+                        None,
+                        model=model,
+                        detail=f"{reason}: needed {need}, {remaining} left",
+                    )
+                )
+                metrics.REFUSALS.labels(reason=reason).inc()
+                metrics.CREDITS.labels(action="refused").inc(need)
+                raise GatewayError(
+                    402,
+                    "budget_exceeded",
+                    f"{'the run' if reason == 'run_cap_reached' else 'the budget'} has {remaining} "
+                    f"credits left; this call needs up to {need} "
+                    f"(at least {MIN_USEFUL_COMPLETION_TOKENS} completion tokens)",
+                    reason,
+                    remaining_credits=remaining,
+                    required_credits=need,
+                )
+        finally:
+            account.waiting_credits -= need
 
     async def _refill(self, account: LeaseAccount) -> None:
         """Top up a lease running low, so that calls do not queue for one write each."""
