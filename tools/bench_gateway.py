@@ -1,44 +1,55 @@
 """Benchmark: what the gateway adds to a model call, and how fast budgets take reservations.
 
-    .venv/bin/python tools/bench_gateway.py [--calls 400] [--stub-latency-ms 0]
+    .venv/bin/python tools/bench_gateway.py [--calls 400] [--stub-latencies-ms 0,1000]
 
 Starts the real test control plane, S3 (moto), a local OpenAI-compatible stub model server
-and one `smartspec gateway` process, then measures in the same run:
+(in this process) and one `smartspec gateway` process, then measures in the same run, for
+each stub answer delay and at 1, 16 and 64 concurrent calls:
 
-1. latency of client -> litellm -> stub (baseline: litellm called in-process, as an app
-   without a gateway would) and client -> gateway -> stub (a plain HTTP client, as the OpenAI
-   SDK in a sandbox does; the gateway calls litellm), at 1, 16 and 64 concurrent calls:
-   p50, p99, the overhead (gateway minus baseline) and the ratio;
-2. reservations per second: calls through the gateway at 64 concurrent (each reserves and
+1. base: client -> litellm -> stub (litellm called in-process, as an app without a gateway
+   would); gw: client -> gateway -> stub (a plain HTTP client, as the OpenAI SDK in a sandbox
+   is; the gateway authenticates, budgets, calls litellm's Router, records the ledger and the
+   transcript); hop: client -> a pass-through proxy -> stub (one HTTP hop that does nothing
+   else: the floor any gateway process starts from). p50, p99 and the overheads against base;
+2. CPU time per call of every process involved, at 64 concurrent on the first delay, read
+   from /proc: with a stub that answers at once, 64 concurrent calls keep every core busy, so
+   latency there is set by CPU per call (Little's law), not by the gateway's own wait;
+3. reservations per second: calls through the gateway at 64 concurrent (each reserves and
    settles against the budget), next to a per-call compare-and-swap design's ceiling
    (4 writers doing reserve + settle CAS writes directly on one CreditBudget).
 
 Figures print; nothing is asserted (see specs/CORE-003-gateway-and-budgets.md). Everything
-shares this machine's cores, so the client, the gateway, the stub and the API server compete.
+shares this machine's cores: the client, the stub, the gateway, moto and the API server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import httpx
+import aiohttp
 import litellm
 import yaml
 
 from smartspec.kube.client import ConflictError, KubeClient, load_configuration
 from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
-from stubs.openai_stub import StubServer
+from testcluster.controlplane import free_port
 from testcluster.harness import TEST_TOKEN_KEY, GatewayProcess
 from testcluster.stack import LocalStack
 
@@ -74,11 +85,18 @@ async def measure(base: str, key: str, concurrency: int, calls: int) -> list[flo
 
 
 async def measure_gateway(url: str, token: str, concurrency: int, calls: int) -> list[float]:
-    """Gateway path: a plain HTTP client, as a sandboxed generator's OpenAI SDK would be."""
+    """Gateway path: a plain HTTP client, as a sandboxed generator's OpenAI SDK would be.
+
+    aiohttp, not httpx: httpx's connection pool costs several ms of CPU per request at 64
+    connections (encode/httpx#3215); measured here against the pass-through proxy it was
+    7.3 ms of client CPU per call against aiohttp's 0.2, and it set the p99 itself.
+    """
     semaphore = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=120)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
 
         async def one(index: int) -> None:
             body = {
@@ -88,11 +106,10 @@ async def measure_gateway(url: str, token: str, concurrency: int, calls: int) ->
             }
             async with semaphore:
                 started = time.perf_counter()
-                response = await client.post(
-                    f"{url}/v1/chat/completions",
-                    json=body,
-                    headers={"Authorization": f"Bearer {token}"},
-                )
+                async with client.post(
+                    f"{url}/v1/chat/completions", json=body, headers=headers
+                ) as response:
+                    await response.read()
                 latencies.append(time.perf_counter() - started)
             response.raise_for_status()
 
@@ -132,21 +149,118 @@ async def raw_cas_rate(kubeconfig: Path, seconds: float, writers: int) -> tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=400, help="calls per measurement")
-    parser.add_argument("--stub-latency-ms", type=int, default=0, help="stub answer delay")
+    parser.add_argument(
+        "--stub-latencies-ms",
+        default="0,1000",
+        help="stub answer delays to measure at, comma-separated (default 0,1000)",
+    )
+    parser.add_argument("--passthrough-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.passthrough_port:
+        serve_passthrough(arguments.passthrough_port, arguments.upstream)
+        return
     litellm.suppress_debug_info = True
+    latencies_ms = [int(value) for value in arguments.stub_latencies_ms.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="smartspec-bench-"))
-    stub = StubServer(models=["stub-model"], delay_seconds=arguments.stub_latency_ms / 1000)
-    stub.start_in_thread()
-    try:
-        with LocalStack(work, bucket="smartspec-bench") as stack:
-            run_benchmarks(stack, stub, arguments.calls, work)
-    finally:
-        stub.stop_thread()
+    with LocalStack(work, bucket="smartspec-bench") as stack:
+        run_benchmarks(stack, arguments.calls, latencies_ms, work)
 
 
-def start_gateway(stack: LocalStack, stub: StubServer, work: Path) -> tuple[GatewayProcess, str]:
+def serve_passthrough(port: int, upstream: str) -> None:
+    """The floor: an HTTP hop that forwards the body and the answer and does nothing else."""
+    from aiohttp import web  # noqa: PLC0415 - only the child process serves
+
+    async def session_context(app: web.Application) -> AsyncIterator[None]:
+        app["session"] = aiohttp.ClientSession()
+        yield
+        await app["session"].close()
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer unused"}
+        async with request.app["session"].post(upstream, data=body, headers=headers) as reply:
+            answer = await reply.read()
+            return web.Response(body=answer, status=reply.status, content_type="application/json")
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_context)
+    app.router.add_post("/v1/chat/completions", forward)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+class Helper:
+    """A helper server in its own process (as a model server and a proxy would be)."""
+
+    def __init__(self, argv: list[str], port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen([sys.executable, *argv])  # noqa: S603 - our scripts
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{argv[0]} did not start on port {port}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def start_stub(port: int, latency_ms: int) -> Helper:
+    """The OpenAI-compatible stub model server (canned answers) with this answer delay."""
+    script = str(REPO / "tests" / "stubs" / "openai_stub.py")
+    return Helper([script, "--port", str(port), "--latency-ms", str(latency_ms)], port)
+
+
+def start_passthrough(upstream: str) -> Helper:
+    port = free_port()
+    return Helper([__file__, "--passthrough-port", str(port), "--upstream", upstream], port)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Point:
+    """One path measured at one concurrency: latencies and CPU per call of each process."""
+
+    latencies: list[float]
+    cpu_ms_per_call: dict[str, float]
+    calls_per_second: float
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latencies)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies, 0.99)
+
+
+def measured(
+    calls_made: Coroutine[Any, Any, list[float]], processes: dict[str, int], calls: int
+) -> Point:
+    """Run the calls, and read each process's CPU time before and after."""
+    before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    started = time.perf_counter()
+    latencies = asyncio.run(calls_made)
+    elapsed = time.perf_counter() - started
+    return Point(
+        latencies,
+        {name: (cpu_seconds(pid) - before[name]) * 1000 / calls for name, pid in processes.items()},
+        calls / elapsed,
+    )
+
+
+def start_gateway(stack: LocalStack, stub_url: str, work: Path) -> tuple[GatewayProcess, str]:
     """The bench namespace, budgets and run, and one gateway process; returns it and a token."""
     cluster, s3 = stack.cluster, stack.s3
     if cluster is None or s3 is None:
@@ -191,7 +305,7 @@ def start_gateway(stack: LocalStack, stub: StubServer, work: Path) -> tuple[Gate
     route = {
         "name": "stub-model",
         "litellmModel": "openai/stub-model",
-        "apiBase": f"{stub.url}/v1",
+        "apiBase": f"{stub_url}/v1",
         "price": {"inputCreditsPerMtok": 150_000, "outputCreditsPerMtok": 600_000},
     }
     config.write_text(yaml.safe_dump({"numRetries": 0, "models": [route]}))
@@ -212,32 +326,70 @@ def start_gateway(stack: LocalStack, stub: StubServer, work: Path) -> tuple[Gate
     return gateway, token
 
 
-def run_benchmarks(stack: LocalStack, stub: StubServer, calls: int, work: Path) -> None:
-    if stack.plane is None:
+def run_benchmarks(stack: LocalStack, calls: int, latencies_ms: list[int], work: Path) -> None:
+    if stack.plane is None or stack.s3_server is None:
         raise RuntimeError("the local stack did not start")
-    gateway, token = start_gateway(stack, stub, work)
+    stub_port = free_port()
+    stub_url = f"http://127.0.0.1:{stub_port}"
+    gateway, token = start_gateway(stack, stub_url, work)
+    passthrough = stack.own(start_passthrough(f"{stub_url}/v1/chat/completions"))
+    pids = stack.plane.pids()
+    client = {"client": os.getpid()}
+    behind = {
+        "moto": stack.s3_server.pid,
+        "apiserver": pids["kube-apiserver"],
+        "etcd": pids["etcd"],
+    }
     print(
-        f"machine: {os.cpu_count()} cores; stub latency {stub.delay_seconds * 1000:.0f} ms; "
-        f"{calls} calls per point; plain HTTP client to the gateway, litellm "
-        "in-process for the baseline"
+        f"machine: {os.cpu_count()} cores; {calls} calls per point. Paths: base = litellm "
+        "in-process -> stub; gw = plain HTTP client -> gateway -> stub; hop = plain HTTP "
+        "client -> pass-through proxy (no auth, budget, litellm or storage) -> stub"
     )
     print(
-        f"{'conc':>4} {'base p50':>9} {'gw p50':>8} {'base p99':>9} {'gw p99':>8} "
-        f"{'+p50 ms':>8} {'+p99 ms':>8} {'ratio p50':>9}"
+        f"{'stub':>5} {'conc':>4} {'base p50':>9} {'base p99':>9} {'gw p50':>8} {'gw p99':>8} "
+        f"{'+p50':>8} {'+p99':>8} {'hop +p50':>9} {'hop +p99':>9}  (ms)"
     )
-    for concurrency in (1, 16, 64):
-        asyncio.run(measure(f"{stub.url}/v1", "x", concurrency, 30))  # warm-up
-        asyncio.run(measure_gateway(gateway.url, token, concurrency, 30))
-        base = asyncio.run(measure(f"{stub.url}/v1", "x", concurrency, calls))
-        through = asyncio.run(measure_gateway(gateway.url, token, concurrency, calls))
-        b50, g50 = statistics.median(base), statistics.median(through)
-        b99, g99 = percentile(base, 0.99), percentile(through, 0.99)
-        print(
-            f"{concurrency:>4} {b50 * 1000:>8.2f}ms {g50 * 1000:>6.2f}ms {b99 * 1000:>8.2f}ms "
-            f"{g99 * 1000:>6.2f}ms {(g50 - b50) * 1000:>8.2f} {(g99 - b99) * 1000:>8.2f} "
-            f"{g50 / b50:>9.2f}"
-        )
+    cpu_rows: list[tuple[str, Point]] = []
+    for latency_ms in latencies_ms:
+        stub = stack.own(start_stub(stub_port, latency_ms))
+        model = {"stub": stub.process.pid}
+        # With a slow stub, one call at a time only adds waiting: what the gateway adds per
+        # call shows in the no-delay row.
+        for concurrency in (1, 16, 64) if latency_ms == 0 else (16, 64):
+            base_url = f"{stub_url}/v1"
+            asyncio.run(measure(base_url, "x", concurrency, 30))  # warm-up
+            asyncio.run(measure_gateway(gateway.url, token, concurrency, 30))
+            asyncio.run(measure_gateway(passthrough.url, token, concurrency, 30))
+            base = measured(measure(base_url, "x", concurrency, calls), {**client, **model}, calls)
+            through = measured(
+                measure_gateway(gateway.url, token, concurrency, calls),
+                {**client, "gateway": gateway.pid, **model, **behind},
+                calls,
+            )
+            hop = measured(
+                measure_gateway(passthrough.url, token, concurrency, calls),
+                {**client, "proxy": passthrough.process.pid, **model},
+                calls,
+            )
+            print(
+                f"{latency_ms:>5} {concurrency:>4} {ms(base.p50):>9} {ms(base.p99):>9} "
+                f"{ms(through.p50):>8} {ms(through.p99):>8} {ms(through.p50 - base.p50):>8} "
+                f"{ms(through.p99 - base.p99):>8} {ms(hop.p50 - base.p50):>9} "
+                f"{ms(hop.p99 - base.p99):>9}"
+            )
+            if latency_ms == latencies_ms[0] and concurrency == 64:
+                cpu_rows = [("base", base), ("gw", through), ("hop", hop)]
+        stub.stop()
 
+    print(f"CPU per call at 64 concurrent, stub latency {latencies_ms[0]} ms (ms of CPU time):")
+    for name, point in cpu_rows:
+        parts = ", ".join(
+            f"{process} {value:.2f}" for process, value in point.cpu_ms_per_call.items()
+        )
+        total = sum(point.cpu_ms_per_call.values())
+        print(f"  {name:>4}: {total:5.2f} in all ({parts}); {point.calls_per_second:.0f} calls/s")
+
+    stub = stack.own(start_stub(stub_port, 0))
     syncs_before = gateway.metric("smartspec_budget_syncs_total")
     started = time.perf_counter()
     asyncio.run(measure_gateway(gateway.url, token, 64, calls * 2))
@@ -249,13 +401,18 @@ def run_benchmarks(stack: LocalStack, stub: StubServer, calls: int, work: Path) 
     print(
         f"leased reservations: {calls * 2 / elapsed:.0f} calls/s through the "
         f"gateway at 64 concurrent, {syncs:.0f} budget writes for "
-        f"{calls * 2} calls; mean in-gateway overhead {overhead * 1000:.2f} ms"
+        f"{calls * 2} calls; mean in-gateway time outside the upstream call "
+        f"{overhead * 1000:.2f} ms (all points, queueing included)"
     )
     done, conflicts = asyncio.run(raw_cas_rate(stack.plane.kubeconfig("admin"), 5.0, 4))
     print(
         f"per-call CAS ceiling: {done / 5.0:.0f} reservations/s (reserve + settle writes, "
         f"4 writers, {conflicts} conflicts in 5 s)"
     )
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
 
 
 if __name__ == "__main__":

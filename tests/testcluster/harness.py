@@ -129,6 +129,13 @@ class SmartspecProcess:
             )
         wait_for(self._is_ready, f"smartspec {self.command} to answer {self.probe_path}", 90)
 
+    @property
+    def pid(self) -> int:
+        """The running process's id (benchmarks read its CPU time)."""
+        if self._process is None:
+            raise RuntimeError(f"smartspec {self.command} is not running")
+        return self._process.pid
+
     def _is_ready(self) -> bool:
         if self._process is not None and self._process.poll() is not None:
             pytest.fail(

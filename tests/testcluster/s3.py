@@ -111,6 +111,13 @@ class S3Server:
         s3.create_bucket(Bucket=name)
         return endpoint
 
+    @property
+    def pid(self) -> int:
+        """The moto server's process id (benchmarks read its CPU time)."""
+        if self._proc is None:
+            raise RuntimeError("the S3 server is not running")
+        return self._proc.pid
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
