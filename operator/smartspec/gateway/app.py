@@ -350,56 +350,76 @@ class Gateway:
         account.waiting_credits += need
         try:
             async with account.lock:
-                if account.available < need and not (account.tight and recently_synced(account)):
-                    try:
-                        await account.sync(
-                            max(account.spare_wanted(need), account.waiting_credits),
-                            minimum=need,
-                            resize_only=True,
-                        )
-                    except BudgetUnavailableError as error:
-                        raise _fail_closed(error) from None
-                run_room = self._run_room(account, claims, run)
-                room = min(account.available, run_room)
-                if room >= need:
-                    return self._hold(account, claims, model, need, call_id), max_tokens
-                affordable = min(
-                    max_tokens, affordable_completion_tokens(price, prompt_bound, room)
-                )
-                if affordable >= MIN_USEFUL_COMPLETION_TOKENS:
-                    credits = cost_credits(price, prompt_bound, affordable)
-                    log.info(
-                        "Clamped max_tokens to the budget", requested=max_tokens, granted=affordable
-                    )
-                    return self._hold(account, claims, model, credits, call_id), affordable
-                reason = "run_cap_reached" if run_room < account.available else "budget_exhausted"
-                remaining = (
-                    max(0, run_room) if reason == "run_cap_reached" else account.budget_remaining()
-                )
-                account.record(
-                    self._draft(
-                        "refuse",
-                        claims,
-                        account,
-                        None,
-                        model=model,
-                        detail=f"{reason}: needed {need}, {remaining} left",
-                    )
-                )
-                metrics.REFUSALS.labels(reason=reason).inc()
-                metrics.CREDITS.labels(action="refused").inc(need)
-                raise GatewayError(
-                    402,
-                    "budget_exceeded",
-                    f"{'the run' if reason == 'run_cap_reached' else 'the budget'} has {remaining} "
-                    f"credits left; this call needs up to {need} "
-                    f"(at least {MIN_USEFUL_COMPLETION_TOKENS} completion tokens)",
-                    reason,
-                    remaining_credits=remaining,
-                    required_credits=need,
+                return await self._reserve_with_lock(
+                    account,
+                    claims,
+                    run,
+                    price=price,
+                    model=model,
+                    prompt_bound=prompt_bound,
+                    max_tokens=max_tokens,
+                    call_id=call_id,
+                    need=need,
                 )
         finally:
             account.waiting_credits -= need
+
+    async def _reserve_with_lock(
+        self,
+        account: LeaseAccount,
+        claims: RunTokenClaims,
+        run: dict[str, Any],
+        *,
+        price: ModelPrice,
+        model: str,
+        prompt_bound: int,
+        max_tokens: int,
+        call_id: str,
+        need: int,
+    ) -> tuple[Hold, int]:
+        """The slow path: grow the lease if it has no room, then hold, clamp or refuse."""
+        if account.available < need and not (account.tight and recently_synced(account)):
+            try:
+                await account.sync(
+                    max(account.spare_wanted(need), account.waiting_credits),
+                    minimum=need,
+                    resize_only=True,
+                )
+            except BudgetUnavailableError as error:
+                raise _fail_closed(error) from None
+        run_room = self._run_room(account, claims, run)
+        room = min(account.available, run_room)
+        if room >= need:
+            return self._hold(account, claims, model, need, call_id), max_tokens
+        affordable = min(max_tokens, affordable_completion_tokens(price, prompt_bound, room))
+        if affordable >= MIN_USEFUL_COMPLETION_TOKENS:
+            credits = cost_credits(price, prompt_bound, affordable)
+            log.info("Clamped max_tokens to the budget", requested=max_tokens, granted=affordable)
+            return self._hold(account, claims, model, credits, call_id), affordable
+        reason = "run_cap_reached" if run_room < account.available else "budget_exhausted"
+        remaining = max(0, run_room) if reason == "run_cap_reached" else account.budget_remaining()
+        account.record(
+            self._draft(
+                "refuse",
+                claims,
+                account,
+                None,
+                model=model,
+                detail=f"{reason}: needed {need}, {remaining} left",
+            )
+        )
+        metrics.REFUSALS.labels(reason=reason).inc()
+        metrics.CREDITS.labels(action="refused").inc(need)
+        raise GatewayError(
+            402,
+            "budget_exceeded",
+            f"{'the run' if reason == 'run_cap_reached' else 'the budget'} has {remaining} "
+            f"credits left; this call needs up to {need} "
+            f"(at least {MIN_USEFUL_COMPLETION_TOKENS} completion tokens)",
+            reason,
+            remaining_credits=remaining,
+            required_credits=need,
+        )
 
     async def _refill(self, account: LeaseAccount) -> None:
         """Top up a lease running low, so that calls do not queue for one write each."""
