@@ -339,7 +339,10 @@ class Gateway:
         need = cost_credits(price, prompt_bound, max_tokens)
         run_room = self._run_room(account, claims, run)
         fast_path = not (account.releasing or account.tight)
-        if fast_path and min(account.available, run_room) >= need:
+        # Room that calls queued for the lock are waiting for is theirs: taking it here would
+        # send each of them back to write again, one after another.
+        free = account.available - account.waiting_credits
+        if fast_path and min(free, run_room) >= need:
             hold = self._hold(account, claims, model, need, call_id)
             if account.wants_refill():
                 account.refilling = True
