@@ -113,10 +113,10 @@ class LeaseAccount:
     demand: DemandWindow = field(default_factory=DemandWindow)
     sync_ms: int = 0
     """A running average of how long a sync takes (read, segment, write)."""
-    refilling: bool = False
-    """A background sync topping up the lease is queued or running."""
+    growth: asyncio.Future[LeaseResult] | None = None
+    """The lease write under way that calls without room wait for (at most one)."""
     waiting_credits: int = 0
-    """Worst cases of the calls queued for the lock because the lease had no room."""
+    """Worst cases of the calls waiting for room: the next growth asks for all of them."""
     tight: bool = False
     """The last grant was short: the budget is nearly exhausted. The lease then keeps no
     spare credits (other replicas may need them) and every reservation takes the lock."""
@@ -165,7 +165,7 @@ class LeaseAccount:
         Near exhaustion (tight) every reservation syncs anyway, and an idle release must
         not be undone; otherwise refill once the room left is under half the expected use.
         """
-        if self.refilling or self.releasing or self.tight or self.lock.locked():
+        if self.growth is not None or self.releasing or self.tight or self.lock.locked():
             return False
         return self.available < self._expected_use() // 2
 
@@ -268,6 +268,25 @@ class LeaseAccount:
             f"CreditBudget {self.namespace}/{self.budget}: {MAX_CAS_ATTEMPTS} conflicting writes "
             "in a row"
         )
+
+    def grow(self, need: int) -> asyncio.Future[LeaseResult]:
+        """The resize-only write under way, or a new one: one write for every call waiting.
+
+        Calls without room await this instead of queueing on the lock, so that when the
+        write lands they all find their room in the same turn of the event loop (a queue on
+        the lock lets one through per turn, and under load every new call joins it).
+        """
+        if self.growth is None:
+            self.growth = asyncio.ensure_future(self._grow(need))
+        return self.growth
+
+    async def _grow(self, need: int) -> LeaseResult:
+        try:
+            async with self.lock:
+                headroom = max(self.spare_wanted(need), self.waiting_credits)
+                return await self.sync(headroom, minimum=need, resize_only=True)
+        finally:
+            self.growth = None
 
     async def _sync_once(
         self, headroom: int, minimum: int, release_idle: bool, resize_only: bool

@@ -57,6 +57,8 @@ log = get_logger(__name__)
 DEFAULT_MAX_TOKENS = 4096
 MAX_TOKENS_LIMIT = 1_000_000
 MIN_USEFUL_COMPLETION_TOKENS = 16
+# A call waits for at most this many lease writes (each made room that others took first).
+MAX_WRITES_PER_CALL = 3
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -136,8 +138,11 @@ class Gateway:
                     lease_factor=self.options.lease_factor,
                     lease_max_fraction=self.options.lease_max_fraction,
                     idle_release_seconds=self.options.idle_release_seconds,
-                    # Until the timer's next write, and as long again for the write itself.
-                    refill_horizon_ms=int(2000 * self.options.flush_seconds),
+                    # A second of demand, so a burst like the last second's fits without a
+                    # write (clients calling once per model answer arrive in bursts), plus
+                    # two timer intervals: settled costs stay in the lease until the timer
+                    # writes them.
+                    refill_horizon_ms=1000 + int(2000 * self.options.flush_seconds),
                 ),
                 kube=self.kube,
                 store=self.store,
@@ -338,36 +343,31 @@ class Gateway:
         """Hold the worst case, clamping max_tokens to what the budget and run cap allow."""
         need = cost_credits(price, prompt_bound, max_tokens)
         run_room = self._run_room(account, claims, run)
-        fast_path = not (account.releasing or account.tight)
-        # Room that calls queued for the lock are waiting for is theirs: taking it here would
-        # send each of them back to write again, one after another.
+        # Room that calls waiting for a write asked for is theirs: taking it here would send
+        # each of them back for another write.
         free = account.available - account.waiting_credits
-        if fast_path and min(free, run_room) >= need:
+        if not (account.releasing or account.tight) and min(free, run_room) >= need:
             hold = self._hold(account, claims, model, need, call_id)
             if account.wants_refill():
-                account.refilling = True
                 self._spawn(self._refill(account))
             return hold, max_tokens
-        # Calls queued for room are counted, so the write made for the first covers them all
-        # (after an idle release, 64 calls at once otherwise took one write per few calls).
         account.waiting_credits += need
         try:
-            async with account.lock:
-                return await self._reserve_with_lock(
-                    account,
-                    claims,
-                    run,
-                    price=price,
-                    model=model,
-                    prompt_bound=prompt_bound,
-                    max_tokens=max_tokens,
-                    call_id=call_id,
-                    need=need,
-                )
+            return await self._reserve_after_write(
+                account,
+                claims,
+                run,
+                price=price,
+                model=model,
+                prompt_bound=prompt_bound,
+                max_tokens=max_tokens,
+                call_id=call_id,
+                need=need,
+            )
         finally:
             account.waiting_credits -= need
 
-    async def _reserve_with_lock(
+    async def _reserve_after_write(
         self,
         account: LeaseAccount,
         claims: RunTokenClaims,
@@ -380,16 +380,20 @@ class Gateway:
         call_id: str,
         need: int,
     ) -> tuple[Hold, int]:
-        """The slow path: grow the lease if it has no room, then hold, clamp or refuse."""
-        if account.available < need and not (account.tight and recently_synced(account)):
+        """The slow path: wait for a write that grows the lease, then hold, clamp or refuse."""
+        for _ in range(MAX_WRITES_PER_CALL):
+            if self._run_room(account, claims, run) < need:
+                break  # the run's cap, not the lease, is short: no write helps
+            if account.tight and recently_synced(account):
+                break  # near exhaustion and just written: decide on what is known
             try:
-                await account.sync(
-                    max(account.spare_wanted(need), account.waiting_credits),
-                    minimum=need,
-                    resize_only=True,
-                )
+                await asyncio.shield(account.grow(need))
             except BudgetUnavailableError as error:
                 raise _fail_closed(error) from None
+            room = min(account.available, self._run_room(account, claims, run))
+            if account.tight or room >= need:
+                break
+            # Calls that came in during the write took its room first: ask again.
         run_room = self._run_room(account, claims, run)
         room = min(account.available, run_room)
         if room >= need:
@@ -425,16 +429,12 @@ class Gateway:
         )
 
     async def _refill(self, account: LeaseAccount) -> None:
-        """Top up a lease running low, so that calls do not queue for one write each."""
+        """Top up a lease running low, so that calls do not wait for a write."""
         try:
-            async with account.lock:
-                if not (account.releasing or account.tight):
-                    await account.sync(account.spare_wanted(0), resize_only=True)
+            await asyncio.shield(account.grow(0))
         except BudgetUnavailableError as error:
-            # Calls that find no room sync themselves and fail closed if this persists.
+            # Calls that find no room write themselves and fail closed if this persists.
             log.warning("Lease top-up failed", budget=account.budget, error=str(error))
-        finally:
-            account.refilling = False
 
     def _run_room(self, account: LeaseAccount, claims: RunTokenClaims, run: dict[str, Any]) -> int:
         """Credits the run may still commit under its cap (a large number when uncapped)."""
