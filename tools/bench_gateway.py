@@ -311,19 +311,26 @@ def start_gateway(stack: LocalStack, stub_url: str, work: Path) -> tuple[Gateway
     config.write_text(yaml.safe_dump({"numRetries": 0, "models": [route]}))
     keys = work / "keys"
     keys.write_bytes(TEST_TOKEN_KEY + b"\n")
-    gateway = stack.own(
+    return another_gateway(stack, work, "bench-gw"), token
+
+
+def another_gateway(stack: LocalStack, work: Path, replica: str) -> GatewayProcess:
+    """One more gateway replica on the configuration start_gateway wrote."""
+    if stack.cluster is None or stack.s3 is None:
+        raise RuntimeError("the local stack did not start")
+    gateway: GatewayProcess = stack.own(
         GatewayProcess(
-            cluster,
-            s3,
-            config_path=config,
-            keys_path=keys,
-            log_path=work / "gateway.log",
-            replica="bench-gw",
+            stack.cluster,
+            stack.s3,
+            config_path=work / "gateway.yaml",
+            keys_path=work / "keys",
+            log_path=work / f"{replica}.log",
+            replica=replica,
             extra_env={"SMARTSPEC_GATEWAY_FLUSH_MILLISECONDS": "250"},
         )
     )
     gateway.start()
-    return gateway, token
+    return gateway
 
 
 def run_benchmarks(stack: LocalStack, calls: int, latencies_ms: list[int], work: Path) -> None:
@@ -390,6 +397,29 @@ def run_benchmarks(stack: LocalStack, calls: int, latencies_ms: list[int], work:
         print(f"  {name:>4}: {total:5.2f} in all ({parts}); {point.calls_per_second:.0f} calls/s")
 
     stub = stack.own(start_stub(stub_port, 0))
+    # Capacity grows with replicas (each holds its own lease): two gateway processes, each
+    # taking half of the 64 concurrent clients, next to one.
+    second = another_gateway(stack, work, "bench-gw-2")
+
+    async def split(calls_each: int) -> list[float]:
+        halves = await asyncio.gather(
+            measure_gateway(gateway.url, token, 32, calls_each),
+            measure_gateway(second.url, token, 32, calls_each),
+        )
+        return halves[0] + halves[1]
+
+    asyncio.run(split(30))
+    base = measured(measure(f"{stub_url}/v1", "x", 64, calls), {}, calls)
+    one = measured(measure_gateway(gateway.url, token, 64, calls), {}, calls)
+    two = measured(split(calls // 2), {}, calls)
+    print(
+        f"replicas at 64 concurrent, no stub delay: base {base.calls_per_second:.0f} calls/s "
+        f"(p50 {ms(base.p50)}, p99 {ms(base.p99)} ms); one gateway "
+        f"{one.calls_per_second:.0f} calls/s (p50 {ms(one.p50)}, p99 {ms(one.p99)} ms); two "
+        f"gateways {two.calls_per_second:.0f} calls/s (p50 {ms(two.p50)}, p99 {ms(two.p99)} ms)"
+    )
+    second.stop()
+
     syncs_before = gateway.metric("smartspec_budget_syncs_total")
     started = time.perf_counter()
     asyncio.run(measure_gateway(gateway.url, token, 64, calls * 2))
