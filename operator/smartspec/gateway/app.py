@@ -57,8 +57,6 @@ log = get_logger(__name__)
 DEFAULT_MAX_TOKENS = 4096
 MAX_TOKENS_LIMIT = 1_000_000
 MIN_USEFUL_COMPLETION_TOKENS = 16
-# A call waits for at most this many lease writes (each made room that others took first).
-MAX_WRITES_PER_CALL = 3
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -381,7 +379,9 @@ class Gateway:
         need: int,
     ) -> tuple[Hold, int]:
         """The slow path: wait for a write that grows the lease, then hold, clamp or refuse."""
-        for _ in range(MAX_WRITES_PER_CALL):
+        # Each write either makes room (some waiting call goes on: the oldest first, as they
+        # re-check in the order they came) or comes back short (tight); so this ends.
+        while True:
             if self._run_room(account, claims, run) < need:
                 break  # the run's cap, not the lease, is short: no write helps
             if account.tight and recently_synced(account):
