@@ -28,6 +28,7 @@ from testcluster.s3 import S3Endpoint
 pytestmark = pytest.mark.integration
 
 API = "/apis/smartspec.dev/v1alpha1/namespaces"
+Books = Callable[..., None]
 LIMIT = 100_000
 
 
@@ -82,7 +83,7 @@ def verify(store: S3ObjectStore, status: dict[str, Any]) -> list[str]:
 @pytest.fixture
 def books(
     cluster: Cluster, tenant: str, s3: S3Endpoint, s3_client: Any, gateway_rbac: None
-) -> Callable[[Callable[[LeaseAccount, S3ObjectStore], Awaitable[None]]], None]:
+) -> Books:
     """Run a coroutine with one replica's LeaseAccount on a fresh budget in the tenant."""
     cluster.rest("platform_admin").post(
         f"{API}/{tenant}/creditbudgets",
@@ -98,7 +99,7 @@ def books(
     )
 
     @contextlib.asynccontextmanager
-    async def account() -> AsyncIterator[LeaseAccount]:
+    async def account(lease_max_fraction: int) -> AsyncIterator[LeaseAccount]:
         kube = KubeClient(load_configuration(str(cluster.kubeconfig("gateway"))))
         try:
             yield LeaseAccount(
@@ -108,7 +109,7 @@ def books(
                     holder="replica-a",
                     lease_seconds=30,
                     lease_factor=8,
-                    lease_max_fraction=1,
+                    lease_max_fraction=lease_max_fraction,
                     idle_release_seconds=60,
                 ),
                 kube=kube,
@@ -118,9 +119,11 @@ def books(
             await kube.close()
             await store.aclose()
 
-    def run(body: Callable[[LeaseAccount, S3ObjectStore], Awaitable[None]]) -> None:
+    def run(
+        body: Callable[[LeaseAccount, S3ObjectStore], Awaitable[None]], lease_max_fraction: int = 1
+    ) -> None:
         async def main() -> None:
-            async with account() as books:
+            async with account(lease_max_fraction) as books:
                 await body(books, store)
 
         asyncio.run(main())
@@ -131,7 +134,7 @@ def books(
 def test_a_resize_grows_the_lease_but_leaves_spent_and_ledger_to_the_full_sync(
     cluster: Cluster,
     tenant: str,
-    books: Callable[[Callable[[LeaseAccount, S3ObjectStore], Awaitable[None]]], None],
+    books: Books,
 ) -> None:
     async def body(account: LeaseAccount, store: S3ObjectStore) -> None:
         await account.sync(500)
@@ -164,7 +167,7 @@ def test_a_resize_grows_the_lease_but_leaves_spent_and_ledger_to_the_full_sync(
 def test_a_resize_that_must_record_an_expiry_becomes_a_full_sync(
     cluster: Cluster,
     tenant: str,
-    books: Callable[[Callable[[LeaseAccount, S3ObjectStore], Awaitable[None]]], None],
+    books: Books,
 ) -> None:
     async def body(account: LeaseAccount, store: S3ObjectStore) -> None:
         await account.sync(500)
@@ -203,3 +206,22 @@ def test_a_resize_that_must_record_an_expiry_becomes_a_full_sync(
         assert verify(store, after) == []
 
     books(body)
+
+
+def test_a_growth_covers_the_largest_waiting_call_even_past_the_lease_ceiling(
+    cluster: Cluster, tenant: str, books: Books
+) -> None:
+    async def body(account: LeaseAccount, store: S3ObjectStore) -> None:
+        # The ceiling is limit / 100 = 1,000; a call needing 5,000 waits beside small ones.
+        account.start_waiting(5_000)
+        account.start_waiting(10)
+        await account.grow(10)
+        assert account.available >= 5_000, "a write for a small call left the large one waiting"
+        assert account.waiting_credits == 5_010
+        account.stop_waiting(5_000)
+        account.stop_waiting(10)
+        assert account.waiting_credits == 0
+        after = status_of(cluster, tenant)
+        assert after["spentCredits"] + after["reservedCredits"] <= LIMIT
+
+    books(body, lease_max_fraction=100)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -115,8 +115,9 @@ class LeaseAccount:
     """A running average of how long a sync takes (read, segment, write)."""
     growth: asyncio.Future[LeaseResult] | None = None
     """The lease write under way that calls without room wait for (at most one)."""
-    waiting_credits: int = 0
-    """Worst cases of the calls waiting for room: the next growth asks for all of them."""
+    waiting: Counter[int] = field(default_factory=Counter)
+    """Worst cases of the calls waiting for room (how many of each): the next write asks
+    for all of them, and at least for the largest."""
     tight: bool = False
     """The last grant was short: the budget is nearly exhausted. The lease then keeps no
     spare credits (other replicas may need them) and every reservation takes the lock."""
@@ -126,6 +127,18 @@ class LeaseAccount:
         """Credits this replica may still reserve without a sync."""
         in_flight = sum(h.credits for h in self.in_flight.values() if not h.covered)
         return self.held - in_flight - self.settled_unflushed
+
+    @property
+    def waiting_credits(self) -> int:
+        return sum(need * count for need, count in self.waiting.items())
+
+    def start_waiting(self, need: int) -> None:
+        self.waiting[need] += 1
+
+    def stop_waiting(self, need: int) -> None:
+        self.waiting[need] -= 1
+        if self.waiting[need] <= 0:
+            del self.waiting[need]
 
     @property
     def in_flight_credits(self) -> int:
@@ -284,7 +297,10 @@ class LeaseAccount:
         try:
             async with self.lock:
                 headroom = max(self.spare_wanted(need), self.waiting_credits)
-                return await self.sync(headroom, minimum=need, resize_only=True)
+                # At least the largest waiting call, or it could wait behind writes made for
+                # smaller ones for ever.
+                largest = max(self.waiting, default=0)
+                return await self.sync(headroom, minimum=max(need, largest), resize_only=True)
         finally:
             self.growth = None
 

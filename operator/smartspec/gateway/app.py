@@ -349,7 +349,7 @@ class Gateway:
             if account.wants_refill():
                 self._spawn(self._refill(account))
             return hold, max_tokens
-        account.waiting_credits += need
+        account.start_waiting(need)
         try:
             return await self._reserve_after_write(
                 account,
@@ -363,7 +363,7 @@ class Gateway:
                 need=need,
             )
         finally:
-            account.waiting_credits -= need
+            account.stop_waiting(need)
 
     async def _reserve_after_write(
         self,
