@@ -167,20 +167,37 @@ class Gateway:
         """The token's GenerationRun, if it may still call models (else 403)."""
         key = (claims.namespace, claims.run)
         cached = self.runs.get(key)
-        if cached is None or time.monotonic() - cached[0] > self.options.run_cache_seconds:
+        ttl = self.options.run_cache_seconds
+        if cached is None or time.monotonic() - cached[0] > ttl:
             # One read per run however many of its calls find the cache stale at once.
-            pending = self.run_reads.get(key)
-            if pending is None:
-                pending = asyncio.ensure_future(self._read_run(claims))
-                self.run_reads[key] = pending
-                pending.add_done_callback(lambda _: self.run_reads.pop(key, None))
-            cached = await asyncio.shield(pending)
+            cached = await asyncio.shield(self._run_read(claims))
+        elif time.monotonic() - cached[0] > ttl / 2:
+            # Read ahead, so that calls under steady load never wait for the read.
+            self._run_read(claims)
         run = cached[1]
         problem = _inactive_reason(run, claims)
         if problem is not None:
             metrics.REFUSALS.labels(reason=problem[0]).inc()
             raise GatewayError(403, "permission_error", problem[1], problem[0])
         return run
+
+    def _run_read(self, claims: RunTokenClaims) -> asyncio.Future[tuple[float, dict[str, Any]]]:
+        """The read of this run under way, or a new one."""
+        key = (claims.namespace, claims.run)
+        pending = self.run_reads.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_run(claims))
+            self.run_reads[key] = pending
+            pending.add_done_callback(lambda done: self._run_read_done(key, done))
+        return pending
+
+    def _run_read_done(
+        self, key: tuple[str, str], done: asyncio.Future[tuple[float, dict[str, Any]]]
+    ) -> None:
+        self.run_reads.pop(key, None)
+        if not done.cancelled() and done.exception() is not None:
+            # A read ahead has no caller to raise to; the next call past the TTL reads again.
+            log.debug("Run read failed", run=key[1], error=str(done.exception()))
 
     async def _read_run(self, claims: RunTokenClaims) -> tuple[float, dict[str, Any]]:
         path = custom_object_path("generationruns", claims.namespace, claims.run)
