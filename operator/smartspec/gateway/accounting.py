@@ -3,9 +3,10 @@
 Contract: specs/CORE-003-gateway-and-budgets.md, sections "Budget accounting" and "Ledger".
 
 A call reserves its worst-case cost from this replica's lease in memory (no I/O when the
-lease has room). A sync — on a timer, or at once when a call needs more room — does one
-compare-and-swap on the CreditBudget status: settled costs move into spentCredits, the lease
-is resized, and the buffered ledger entries are appended as one segment written to S3 first.
+lease has room). A sync on a timer does one compare-and-swap on the CreditBudget status:
+settled costs move into spentCredits, the lease is resized, and the buffered ledger entries
+are appended as one segment written to S3 first. Calls that find no room, and top-ups ahead
+of need, share one resize-only write (`grow`) that only grows the lease.
 The arithmetic is `smartspec.logic.budget.sync_lease`; this module only does the I/O around
 it and keeps the local books.
 """
@@ -108,7 +109,7 @@ class LeaseAccount:
     last_activity: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     releasing: bool = False
-    """An idle release is being written: new reservations wait for the lock."""
+    """An idle release is being written: new reservations wait for the write after it."""
     synced_at: float = 0.0
     demand: DemandWindow = field(default_factory=DemandWindow)
     sync_ms: int = 0
@@ -120,7 +121,8 @@ class LeaseAccount:
     for all of them, and at least for the largest."""
     tight: bool = False
     """The last grant was short: the budget is nearly exhausted. The lease then keeps no
-    spare credits (other replicas may need them) and every reservation takes the lock."""
+    spare credits (other replicas may need them) and every reservation waits for a write
+    (or decides on one less than FRESH_ENOUGH_SECONDS old)."""
 
     @property
     def available(self) -> int:
