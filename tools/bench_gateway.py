@@ -46,6 +46,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import aiohttp
 import litellm
 import yaml
+from aiohttp import web
 
 from smartspec.kube.client import ConflictError, KubeClient, load_configuration
 from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
@@ -170,7 +171,6 @@ def main() -> None:
 
 def serve_passthrough(port: int, upstream: str) -> None:
     """The floor: an HTTP hop that forwards the body and the answer and does nothing else."""
-    from aiohttp import web  # noqa: PLC0415 - only the child process serves
 
     async def session_context(app: web.Application) -> AsyncIterator[None]:
         app["session"] = aiohttp.ClientSession()
@@ -196,7 +196,9 @@ class Helper:
     def __init__(self, argv: list[str], port: int) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen([sys.executable, *argv])  # noqa: S603 - our scripts
+        self.process = subprocess.Popen(  # noqa: S603 - our own scripts
+            [sys.executable, *argv], stdout=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
