@@ -213,13 +213,10 @@ def test_a_growth_covers_the_largest_waiting_call_even_past_the_lease_ceiling(
 ) -> None:
     async def body(account: LeaseAccount, store: S3ObjectStore) -> None:
         # The ceiling is limit / 100 = 1,000; a call needing 5,000 waits beside small ones.
-        account.start_waiting(5_000)
-        account.start_waiting(10)
-        await account.grow(10)
-        assert account.available >= 5_000, "a write for a small call left the large one waiting"
-        assert account.waiting_credits == 5_010
-        account.stop_waiting(5_000)
-        account.stop_waiting(10)
+        with account.waiting_for(5_000), account.waiting_for(10):
+            await account.grow(10)
+            assert account.available >= 5_000, "a write for a small call left the large one"
+            assert account.waiting_credits == 5_010
         assert account.waiting_credits == 0
         after = status_of(cluster, tenant)
         assert after["spentCredits"] + after["reservedCredits"] <= LIMIT

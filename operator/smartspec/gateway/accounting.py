@@ -14,9 +14,11 @@ it and keeps the local books.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +29,7 @@ from smartspec.api.v1alpha1.creditbudget import (
     CreditBudgetStatus,
     LedgerHead,
 )
+from smartspec.gateway.single_flight import SingleFlight
 from smartspec.kube.client import ConflictError, KubeClient, KubeError, custom_object_path
 from smartspec.logic.budget import DemandWindow, LeaseRequest, LeaseResult, sync_lease
 from smartspec.logic.canonical import canonical_json
@@ -36,6 +39,9 @@ from smartspec.observability.logs import get_logger
 from smartspec.storage import ObjectStore, StorageError
 
 MAX_CAS_ATTEMPTS = 40
+# Keys of the account's single flights (one budget per account, so one of each).
+_READ = "read"
+_GROW = "grow"
 # Budget state this fresh is trusted for a refusal without another write: at exhaustion,
 # every queued call re-syncing would be a storm of writes that cannot succeed anyway.
 FRESH_ENOUGH_SECONDS = 0.1
@@ -105,7 +111,7 @@ class LeaseAccount:
     spec: CreditBudgetSpec | None = None
     status: CreditBudgetStatus | None = None
     spec_read_at: float = 0.0
-    pending_read: asyncio.Future[CreditBudget] | None = None
+    reads: SingleFlight[str, CreditBudget] = field(default_factory=SingleFlight)
     last_activity: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     releasing: bool = False
@@ -114,7 +120,7 @@ class LeaseAccount:
     demand: DemandWindow = field(default_factory=DemandWindow)
     sync_ms: int = 0
     """A running average of how long a sync takes (read, segment, write)."""
-    growth: asyncio.Future[LeaseResult] | None = None
+    growths: SingleFlight[str, LeaseResult] = field(default_factory=SingleFlight)
     """The lease write under way that calls without room wait for (at most one)."""
     waiting: Counter[int] = field(default_factory=Counter)
     """Worst cases of the calls waiting for room (how many of each): the next write asks
@@ -134,13 +140,16 @@ class LeaseAccount:
     def waiting_credits(self) -> int:
         return sum(need * count for need, count in self.waiting.items())
 
-    def start_waiting(self, need: int) -> None:
+    @contextlib.contextmanager
+    def waiting_for(self, need: int) -> Iterator[None]:
+        """Count a call's worst case as waiting for room while the block runs."""
         self.waiting[need] += 1
-
-    def stop_waiting(self, need: int) -> None:
-        self.waiting[need] -= 1
-        if self.waiting[need] <= 0:
-            del self.waiting[need]
+        try:
+            yield
+        finally:
+            self.waiting[need] -= 1
+            if self.waiting[need] <= 0:
+                del self.waiting[need]
 
     @property
     def in_flight_credits(self) -> int:
@@ -180,7 +189,7 @@ class LeaseAccount:
         Near exhaustion (tight) every reservation syncs anyway, and an idle release must
         not be undone; otherwise refill once the room left is under half the expected use.
         """
-        if self.growth is not None or self.releasing or self.tight or self.lock.locked():
+        if self.growths.running(_GROW) or self.releasing or self.tight or self.lock.locked():
             return False
         return self.available < self._expected_use() // 2
 
@@ -215,16 +224,10 @@ class LeaseAccount:
         if self.spec is not None and time.monotonic() - self.spec_read_at < max_age_seconds:
             return
         # One read however many calls find the copy stale at once.
-        if self.pending_read is None:
-            self.pending_read = asyncio.ensure_future(self._read())
-            self.pending_read.add_done_callback(self._read_done)
-        budget = await asyncio.shield(self.pending_read)
+        budget = await asyncio.shield(self.reads.start(_READ, self._read))
         if time.monotonic() - self.spec_read_at >= max_age_seconds:
             self.spec, self.status = budget.spec, budget.status
             self.spec_read_at = time.monotonic()
-
-    def _read_done(self, _: asyncio.Future[CreditBudget]) -> None:
-        self.pending_read = None
 
     async def _read(self) -> CreditBudget:
         path = custom_object_path("creditbudgets", self.namespace, self.budget)
@@ -291,20 +294,15 @@ class LeaseAccount:
         write lands they all find their room in the same turn of the event loop (a queue on
         the lock lets one through per turn, and under load every new call joins it).
         """
-        if self.growth is None:
-            self.growth = asyncio.ensure_future(self._grow(need))
-        return self.growth
+        return self.growths.start(_GROW, lambda: self._grow(need))
 
     async def _grow(self, need: int) -> LeaseResult:
-        try:
-            async with self.lock:
-                headroom = max(self.spare_wanted(need), self.waiting_credits)
-                # At least the largest waiting call, or it could wait behind writes made for
-                # smaller ones for ever.
-                largest = max(self.waiting, default=0)
-                return await self.sync(headroom, minimum=max(need, largest), resize_only=True)
-        finally:
-            self.growth = None
+        async with self.lock:
+            headroom = max(self.spare_wanted(need), self.waiting_credits)
+            # At least the largest waiting call, or it could wait behind writes made for
+            # smaller ones for ever.
+            largest = max(self.waiting, default=0)
+            return await self.sync(headroom, minimum=max(need, largest), resize_only=True)
 
     async def _sync_once(
         self, headroom: int, minimum: int, release_idle: bool, resize_only: bool

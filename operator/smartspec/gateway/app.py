@@ -36,6 +36,7 @@ from smartspec.gateway.accounting import (
 )
 from smartspec.gateway.config import GatewayConfig
 from smartspec.gateway.router import UpstreamError, build_router, complete, complete_local
+from smartspec.gateway.single_flight import SingleFlight
 from smartspec.gateway.transcripts import TranscriptMissingError, load_transcript, store_transcript
 from smartspec.kube.client import KubeClient, KubeError, custom_object_path
 from smartspec.logic.budget import model_allowed
@@ -112,8 +113,8 @@ class Gateway:
     router: Any = None
     accounts: dict[tuple[str, str], LeaseAccount] = field(default_factory=dict)
     runs: dict[tuple[str, str], tuple[float, dict[str, Any]]] = field(default_factory=dict)
-    run_reads: dict[tuple[str, str], asyncio.Future[tuple[float, dict[str, Any]]]] = field(
-        default_factory=dict
+    run_reads: SingleFlight[tuple[str, str], tuple[float, dict[str, Any]]] = field(
+        default_factory=SingleFlight
     )
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     served: frozenset[str] = frozenset()
@@ -170,34 +171,17 @@ class Gateway:
         ttl = self.options.run_cache_seconds
         if cached is None or time.monotonic() - cached[0] > ttl:
             # One read per run however many of its calls find the cache stale at once.
-            cached = await asyncio.shield(self._run_read(claims))
+            cached = await asyncio.shield(self.run_reads.start(key, lambda: self._read_run(claims)))
         elif time.monotonic() - cached[0] > ttl / 2:
-            # Read ahead, so that calls under steady load never wait for the read.
-            self._run_read(claims)
+            # Read ahead, so that calls under steady load never wait for the read; a failed
+            # read ahead is left for the next call past the TTL, which reads again.
+            self.run_reads.start(key, lambda: self._read_run(claims))
         run = cached[1]
         problem = _inactive_reason(run, claims)
         if problem is not None:
             metrics.REFUSALS.labels(reason=problem[0]).inc()
             raise GatewayError(403, "permission_error", problem[1], problem[0])
         return run
-
-    def _run_read(self, claims: RunTokenClaims) -> asyncio.Future[tuple[float, dict[str, Any]]]:
-        """The read of this run under way, or a new one."""
-        key = (claims.namespace, claims.run)
-        pending = self.run_reads.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._read_run(claims))
-            self.run_reads[key] = pending
-            pending.add_done_callback(lambda done: self._run_read_done(key, done))
-        return pending
-
-    def _run_read_done(
-        self, key: tuple[str, str], done: asyncio.Future[tuple[float, dict[str, Any]]]
-    ) -> None:
-        self.run_reads.pop(key, None)
-        if not done.cancelled() and done.exception() is not None:
-            # A read ahead has no caller to raise to; the next call past the TTL reads again.
-            log.debug("Run read failed", run=key[1], error=str(done.exception()))
 
     async def _read_run(self, claims: RunTokenClaims) -> tuple[float, dict[str, Any]]:
         path = custom_object_path("generationruns", claims.namespace, claims.run)
@@ -366,51 +350,7 @@ class Gateway:
             if account.wants_refill():
                 self._spawn(self._refill(account))
             return hold, max_tokens
-        account.start_waiting(need)
-        try:
-            return await self._reserve_after_write(
-                account,
-                claims,
-                run,
-                price=price,
-                model=model,
-                prompt_bound=prompt_bound,
-                max_tokens=max_tokens,
-                call_id=call_id,
-                need=need,
-            )
-        finally:
-            account.stop_waiting(need)
-
-    async def _reserve_after_write(
-        self,
-        account: LeaseAccount,
-        claims: RunTokenClaims,
-        run: dict[str, Any],
-        *,
-        price: ModelPrice,
-        model: str,
-        prompt_bound: int,
-        max_tokens: int,
-        call_id: str,
-        need: int,
-    ) -> tuple[Hold, int]:
-        """The slow path: wait for a write that grows the lease, then hold, clamp or refuse."""
-        # Each write either makes room (some waiting call goes on: the oldest first, as they
-        # re-check in the order they came) or comes back short (tight); so this ends.
-        while True:
-            if self._run_room(account, claims, run) < need:
-                break  # the run's cap, not the lease, is short: no write helps
-            if account.tight and recently_synced(account):
-                break  # near exhaustion and just written: decide on what is known
-            try:
-                await asyncio.shield(account.grow(need))
-            except BudgetUnavailableError as error:
-                raise _fail_closed(error) from None
-            room = min(account.available, self._run_room(account, claims, run))
-            if account.tight or room >= need:
-                break
-            # Calls that came in during the write took its room first: ask again.
+        await self._wait_for_room(account, claims, run, need)
         run_room = self._run_room(account, claims, run)
         room = min(account.available, run_room)
         if room >= need:
@@ -444,6 +384,29 @@ class Gateway:
             remaining_credits=remaining,
             required_credits=need,
         )
+
+    async def _wait_for_room(
+        self, account: LeaseAccount, claims: RunTokenClaims, run: dict[str, Any], need: int
+    ) -> None:
+        """Wait for writes that grow the lease until this call has room, or cannot get it.
+
+        Each write either makes room (some waiting call goes on: the oldest first, as they
+        re-check in the order they came) or comes back short (tight); so this ends.
+        """
+        with account.waiting_for(need):
+            while True:
+                if self._run_room(account, claims, run) < need:
+                    return  # the run's cap, not the lease, is short: no write helps
+                if account.tight and recently_synced(account):
+                    return  # near exhaustion and just written: decide on what is known
+                try:
+                    await asyncio.shield(account.grow(need))
+                except BudgetUnavailableError as error:
+                    raise _fail_closed(error) from None
+                room = min(account.available, self._run_room(account, claims, run))
+                if account.tight or room >= need:
+                    return
+                # Calls that came in during the write took its room first: ask again.
 
     async def _refill(self, account: LeaseAccount) -> None:
         """Top up a lease running low, so that calls do not wait for a write."""
