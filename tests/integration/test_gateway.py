@@ -177,6 +177,30 @@ def test_a_call_is_charged_once_recorded_and_attributed(
     assert transcripts.get("KeyCount") == 1
 
 
+def test_tool_calls_reach_the_model_and_come_back(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway, stub: StubServer
+) -> None:
+    create_budget(cluster, tenant, 1_000_000)
+    run = create_run(cluster, tenant)
+    gateway = start_gateway()
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "write_file",
+            "description": "Write one file of the generated project.",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
+        },
+    }
+    status, body, _ = chat(gateway, token_for(run), tools=[tool], tool_choice="auto")
+    assert status == 200, body
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"][0]["function"]["name"] == "write_file"
+    assert stub.requests[-1]["tools"] == [tool]
+    assert stub.requests[-1]["tool_choice"] == "auto"
+    assert settled(cluster.rest("admin"), tenant)["spentCredits"] == charge(body)
+
+
 def run_reads(cluster: Cluster) -> float:
     """GETs of GenerationRuns the API server has answered so far (its own metric)."""
     total = 0.0
@@ -435,6 +459,21 @@ def test_malformed_requests_get_clear_errors_and_cost_nothing(
         "float max_tokens": (body(max_tokens=10.5), 400, "invalid_request"),
         "unpriced model": (body(model="unpriced-model"), 400, "model_not_priced"),
         "denied model": (body(model="stub-backup"), 403, "model_not_allowed"),
+        # litellm keyword arguments that would route around the model policy or the provider
+        "request fallbacks": (body(fallbacks=["stub-backup"]), 400, "unsupported_parameter"),
+        "request api_base": (body(api_base="http://elsewhere"), 400, "unsupported_parameter"),
+        "mock answer": (body(mock_response="free"), 400, "unsupported_parameter"),
+        "price tier": (body(service_tier="priority"), 400, "unsupported_parameter"),
+        "mcp tool": (
+            body(tools=[{"type": "mcp", "server_url": "http://elsewhere"}]),
+            400,
+            "unsupported_tool",
+        ),
+        "nameless tool": (
+            body(tools=[{"type": "function", "function": {}}]),
+            400,
+            "invalid_request",
+        ),
     }
     for label, (content, status, code) in cases.items():
         got_status, got = post(content)

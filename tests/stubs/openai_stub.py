@@ -234,6 +234,18 @@ class StubServer:
             reply = reply[: max_tokens * 4]
             completion_tokens = max_tokens
             finish_reason = "length"
+        message: dict[str, Any] = {"role": "assistant", "content": reply}
+        tool = _tool_to_call(body, messages)
+        if tool is not None:
+            # A canned call of the first function tool, as a tool-using model would answer.
+            arguments = json.dumps({"reason": "stub"})
+            call = {
+                "id": "call_stub_1",
+                "type": "function",
+                "function": {"name": tool, "arguments": arguments},
+            }
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            finish_reason = "tool_calls"
         return {
             "id": f"chatcmpl-stub-{next(self._ids):06d}",
             "object": "chat.completion",
@@ -243,7 +255,7 @@ class StubServer:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": reply},
+                    "message": message,
                     "finish_reason": finish_reason,
                     "logprobs": None,
                 }
@@ -274,6 +286,19 @@ def _refusal(body: dict[str, Any]) -> str | None:
     ):
         return "'max_tokens' must be a positive integer"
     return None
+
+
+def _tool_to_call(body: dict[str, Any], messages: list[Any]) -> str | None:
+    """The first function tool's name when the model should call one: tools are offered,
+    tool_choice is not "none" and the last message is not already a tool's answer."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools or body.get("tool_choice") == "none":
+        return None
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        return None
+    first = tools[0] if isinstance(tools[0], dict) else {}
+    name = (first.get("function") or {}).get("name")
+    return name if isinstance(name, str) else None
 
 
 def _max_tokens(body: dict[str, Any]) -> Any:

@@ -59,6 +59,39 @@ DEFAULT_MAX_TOKENS = 4096
 MAX_TOKENS_LIMIT = 1_000_000
 MIN_USEFUL_COMPLETION_TOKENS = 16
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Only these Chat Completions parameters reach the Router. Everything else in a body would be
+# passed to litellm as a keyword argument, where names such as `fallbacks`, `api_base` or
+# `mock_response` steer routing past the budget's model policy. Left out on purpose: what
+# changes the price (service_tier, prediction, audio, web_search_options), asks the provider
+# to keep the data (store, metadata) or streams (stream_options).
+_ACCEPTED_PARAMETERS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "n",
+        "stream",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "reasoning_effort",
+        "verbosity",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+    }
+)
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
@@ -673,6 +706,16 @@ def _validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> tupl
     def bad(message: str, param: str) -> GatewayError:
         return GatewayError(400, "invalid_request_error", message, "invalid_request", param=param)
 
+    unsupported = sorted(set(body) - _ACCEPTED_PARAMETERS)
+    if unsupported:
+        raise GatewayError(
+            400,
+            "invalid_request_error",
+            f"unsupported parameter(s) {', '.join(unsupported)}; this gateway accepts "
+            f"{', '.join(sorted(_ACCEPTED_PARAMETERS))}",
+            "unsupported_parameter",
+            param=unsupported[0],
+        )
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad("model is required and must be a string", "model")
@@ -697,6 +740,7 @@ def _validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> tupl
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
             raise bad(f"messages[{index}].content must be a string or a list", f"messages[{index}]")
+    _validate_tools(body.get("tools"))
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", DEFAULT_MAX_TOKENS))
     if (
         isinstance(max_tokens, bool)
@@ -705,6 +749,37 @@ def _validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> tupl
     ):
         raise bad(f"max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}", "max_tokens")
     return model, max_tokens
+
+
+def _validate_tools(tools: object) -> None:
+    """Function tools only: other tool types make litellm or the provider act on their own
+    (litellm's MCP tools would have the gateway connect to a server the request names)."""
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise GatewayError(
+            400, "invalid_request_error", "tools must be a list", "invalid_request", param="tools"
+        )
+    for index, tool in enumerate(tools):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if kind != "function" or not isinstance(function, dict):
+            raise GatewayError(
+                400,
+                "invalid_request_error",
+                f"tools[{index}] must be a function tool ({{'type': 'function', 'function': "
+                f"{{...}}}}); type {kind!r} is not supported",
+                "unsupported_tool",
+                param=f"tools[{index}]",
+            )
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise GatewayError(
+                400,
+                "invalid_request_error",
+                f"tools[{index}].function.name is required and must be a string",
+                "invalid_request",
+                param=f"tools[{index}]",
+            )
 
 
 def _prompt_token_bound(body: dict[str, Any]) -> int:

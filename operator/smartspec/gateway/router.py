@@ -83,9 +83,16 @@ def build_router(config: GatewayConfig) -> Router:
     )
 
 
+# litellm hands every request with `tools` to its MCP gateway handler first, and that
+# handler imports the optional `mcp` package (litellm[mcp]): without it every tool call failed
+# as a connection error. The gateway accepts function tools only (app._validate_tools), so
+# there is nothing for that handler to do; the flag skips it.
+_SKIP_MCP: dict[str, Any] = {"_skip_mcp_handler": True}
+
+
 async def complete(router: Router, request: dict[str, Any]) -> Completion:
     """One chat completion; raises UpstreamError with a clear class when all routes fail."""
-    return await _call(router.acompletion(**request), request["model"])
+    return await _call(router.acompletion(**{**request, **_SKIP_MCP}), request["model"])
 
 
 async def _call(call: Awaitable[Any], model: str) -> Completion:
@@ -122,6 +129,7 @@ async def complete_local(
         "timeout": route.timeout_seconds,
         "max_retries": 0,
         "num_retries": retries,
+        **_SKIP_MCP,
     }
     return await _call(litellm.acompletion(**params), request["model"])
 
