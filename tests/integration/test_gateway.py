@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +26,7 @@ from smartspec.logic.pricing import ModelPrice, cost_credits
 from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
 from stubs.openai_stub import StubServer
 from testcluster.harness import TEST_TOKEN_KEY as TOKEN_KEY
-from testcluster.harness import GatewayProcess, wait_for
+from testcluster.harness import GatewayProcess, wait_for, write_gateway_config
 from testcluster.plugin import Cluster
 from testcluster.rest import Rest
 
@@ -370,12 +371,24 @@ def test_tenants_are_isolated(
     assert (status, body["error"]["code"]) == (403, "run_suspended")
 
 
+def transport_config(tmp_path: Path, stub: StubServer, transport: str, **options: Any) -> str:
+    """A gateway configuration whose stub deployments use `transport`; its path."""
+    path = tmp_path / f"gateway-{transport}.yaml"
+    return str(write_gateway_config(path, stub.url, transport=transport, **options))
+
+
+@pytest.mark.parametrize("transport", ["litellm", "openai-compatible"])
 def test_provider_failures_retry_fall_back_and_release(
-    cluster: Cluster, tenant: str, start_gateway: StartGateway, stub: StubServer
+    cluster: Cluster,
+    tenant: str,
+    start_gateway: StartGateway,
+    stub: StubServer,
+    tmp_path: Path,
+    transport: str,
 ) -> None:
     create_budget(cluster, tenant, 100_000)
     run = create_run(cluster, tenant)
-    gateway = start_gateway()
+    gateway = start_gateway(SMARTSPEC_GATEWAY_CONFIG=transport_config(tmp_path, stub, transport))
     admin = cluster.rest("admin")
 
     stub.script.extend([429, 500])  # first try and its retry fail: fall back to stub-backup
@@ -394,6 +407,72 @@ def test_provider_failures_retry_fall_back_and_release(
     after = settled(admin, tenant)
     assert after["spentCredits"] == spent, "a failed call costs nothing"
     assert "ledger OK" in verify_ledger(cluster, tenant, gateway)
+
+
+def test_openai_compatible_routes_send_the_request_as_sent(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway, stub: StubServer, tmp_path: Path
+) -> None:
+    """The gateway's own HTTP request under the Router: what the client sent reaches the
+    server unchanged (bar the granted max_tokens), answers come back whole, and a server
+    that answers garbage, too late or not at all is retried, fallen back from, released."""
+    create_budget(cluster, tenant, 1_000_000)
+    run = create_run(cluster, tenant)
+    config = transport_config(tmp_path, stub, "openai-compatible", timeout_seconds=1)
+    gateway = start_gateway(SMARTSPEC_GATEWAY_CONFIG=config)
+    admin = cluster.rest("admin")
+    tool = {"type": "function", "function": {"name": "write_file", "parameters": {}}}
+    sent: dict[str, Any] = {
+        "tools": [tool],
+        "tool_choice": "auto",
+        "temperature": 0.25,
+        "seed": 7,
+        "stop": ["END"],
+        "user": "builder-1",
+        "reasoning_effort": "low",
+        "response_format": {"type": "text"},
+    }
+    status, body, _ = chat(gateway, token_for(run), **sent)
+    assert status == 200, body
+    received = stub.requests[-1]
+    assert {key: received.get(key) for key in sent} == sent
+    assert (received["model"], received["max_tokens"]) == ("stub-model", 64)
+    assert set(received) == {*sent, "model", "messages", "max_tokens"}
+    # Sent by the gateway's own client (aiohttp), not the OpenAI SDK under litellm.
+    assert "aiohttp" in stub.request_headers[-1]["User-Agent"]
+    assert body["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "write_file"
+    assert body["usage"]["total_tokens"] > 0
+    spent = settled(admin, tenant)["spentCredits"]
+    assert spent == charge(body)
+
+    stub.requests.clear()
+    stub.script.extend(["not-json", "not-json"])  # try and retry: fall back to the backup
+    status, body, _ = chat(gateway, token_for(run))
+    assert status == 200, body
+    assert [r["model"] for r in stub.requests] == ["stub-model", "stub-model", "stub-backup"]
+    spent += charge(body)
+    assert settled(admin, tenant)["spentCredits"] == spent
+
+    stub.delay_seconds = 1.5  # past every deployment's 1 s timeout
+    status, body, _ = chat(gateway, token_for(run))
+    assert (status, body["error"]["code"]) == (504, "timeout"), body
+    assert "nothing was charged" in body["error"]["message"]
+    stub.delay_seconds = 0
+    assert settled(admin, tenant)["spentCredits"] == spent
+    assert "ledger OK" in verify_ledger(cluster, tenant, gateway)
+
+
+def test_an_unreachable_openai_compatible_server_costs_nothing(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    create_budget(cluster, tenant, 100_000)
+    run = create_run(cluster, tenant)
+    closed = tmp_path / "closed.yaml"
+    write_gateway_config(closed, "http://127.0.0.1:9", transport="openai-compatible")
+    gateway = start_gateway(SMARTSPEC_GATEWAY_CONFIG=str(closed))
+    status, body, _ = chat(gateway, token_for(run))
+    assert (status, body["error"]["code"]) == (502, "unreachable"), body
+    assert "127.0.0.1:9" in body["error"]["message"]
+    assert settled(cluster.rest("admin"), tenant).get("spentCredits", 0) == 0
 
 
 def test_replay_reproduces_a_run_byte_for_byte_at_no_cost(

@@ -16,6 +16,7 @@ Failures are scripted at run time:
   status to fail with (429 carries Retry-After); an empty queue answers ok.
 - `fail_models`: model -> status, failing every request for that model (fallback tests).
 - `default_status`: a status to fail every request with once the script is empty.
+- a script item "not-json" answers 200 with an HTML page (a proxy's error), not JSON.
 - `delay_seconds`: wait this long before answering (timeouts, benchmarks).
 
 In-process use, from sync tests (a background thread runs its own event loop):
@@ -48,7 +49,7 @@ from aiohttp import web
 
 __all__ = ["ScriptItem", "StubServer", "default_reply", "error_body"]
 
-ScriptItem = int | Literal["ok"]
+ScriptItem = int | Literal["ok", "not-json"]
 
 CREATED = 1_700_000_000
 """The fixed `created` timestamp of every answer, so transcripts are reproducible."""
@@ -206,12 +207,20 @@ class StubServer:
 
         if model in self.fail_models:
             return self._error(self.fail_models[model], f"scripted failure for model {model}")
+        return self._next_step() or web.json_response(
+            self._completion(body, model, messages, max_tokens)
+        )
+
+    def _next_step(self) -> web.Response | None:
+        """The scripted answer for this request, or None to answer normally."""
         step: ScriptItem | None = self.script.popleft() if self.script else None
         if step is None and self.default_status is not None:
             step = self.default_status
+        if step == "not-json":
+            return web.Response(status=200, text="<html>upstream proxy error</html>")
         if isinstance(step, int):
             return self._error(step, f"scripted failure {step}")
-        return web.json_response(self._completion(body, model, messages, max_tokens))
+        return None
 
     async def _list_models(self, request: web.Request) -> web.Response:
         data = [

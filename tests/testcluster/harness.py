@@ -66,8 +66,16 @@ def apply_documents(rest: Rest, path: Path) -> list[dict[str, Any]]:
     return documents
 
 
-def write_gateway_config(path: Path, stub_url: str, *, fallback: bool = True) -> Path:
-    """Two priced stub deployments; stub-model falls back to stub-backup."""
+def write_gateway_config(
+    path: Path,
+    stub_url: str,
+    *,
+    fallback: bool = True,
+    transport: str = "litellm",
+    timeout_seconds: float = 20,
+) -> Path:
+    """Two priced stub deployments; stub-model falls back to stub-backup. `transport` is
+    the stub deployments' (litellm, or openai-compatible: the gateway's own HTTP request)."""
     config = {
         "creditsPerUsd": 1_000_000,
         "numRetries": 1,
@@ -76,14 +84,16 @@ def write_gateway_config(path: Path, stub_url: str, *, fallback: bool = True) ->
                 "name": "stub-model",
                 "litellmModel": "openai/stub-model",
                 "apiBase": f"{stub_url}/v1",
-                "timeoutSeconds": 20,
+                "timeoutSeconds": timeout_seconds,
+                "transport": transport,
                 "price": {"inputCreditsPerMtok": 150_000, "outputCreditsPerMtok": 600_000},
             },
             {
                 "name": "stub-backup",
                 "litellmModel": "openai/stub-backup",
                 "apiBase": f"{stub_url}/v1",
-                "timeoutSeconds": 20,
+                "timeoutSeconds": timeout_seconds,
+                "transport": transport,
                 "price": {"inputCreditsPerMtok": 300_000, "outputCreditsPerMtok": 1_200_000},
             },
             {

@@ -35,7 +35,13 @@ from smartspec.gateway.accounting import (
     recently_synced,
 )
 from smartspec.gateway.config import GatewayConfig
-from smartspec.gateway.router import UpstreamError, build_router, complete, complete_local
+from smartspec.gateway.router import (
+    UpstreamError,
+    build_router,
+    close_transports,
+    complete,
+    complete_local,
+)
 from smartspec.gateway.single_flight import SingleFlight
 from smartspec.gateway.transcripts import TranscriptMissingError, load_transcript, store_transcript
 from smartspec.kube.client import KubeClient, KubeError, custom_object_path
@@ -276,7 +282,11 @@ class Gateway:
                         local, endpoint, upstream, self.config.num_retries
                     )
                 else:
-                    result = await complete(self.router, upstream)
+                    result = await complete(
+                        self.router,
+                        upstream,
+                        openai_compatible=model in self.config.openai_compatible_routes,
+                    )
             except UpstreamError as error:
                 upstream_seconds = time.perf_counter() - upstream_started
                 account.release(call_id)
@@ -617,6 +627,7 @@ class Gateway:
         await self.flush_all(final=True)
         await self.store.aclose()
         await self.kube.close()
+        await close_transports()
 
 
 def _local_endpoint(run: dict[str, Any], claims: RunTokenClaims) -> str:

@@ -9,7 +9,9 @@ git. Several entries with one `name` are load-balanced deployments of that model
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -55,6 +57,10 @@ class ModelRoute(BaseModel):
     local: bool = False
     """Served by a model-server sidecar in each run's generator pod (CORE-004): calls go to
     the endpoint the operator records on the run's current attempt, not to `apiBase`."""
+    transport: Literal["litellm", "openai-compatible"] = "litellm"
+    """How the Router reaches this deployment: litellm's provider for `litellmModel`, or
+    (for a server that speaks the OpenAI protocol at `apiBase`) one direct HTTP request per
+    call, sending the model name after the provider prefix of `litellmModel`."""
 
     @model_validator(mode="after")
     def _local_models_are_priced(self) -> ModelRoute:
@@ -64,7 +70,17 @@ class ModelRoute(BaseModel):
             raise ValueError(
                 f"local model {self.name}: the endpoint comes from the run, not apiBase"
             )
+        if self.transport == "openai-compatible" and (self.local or self.api_base is None):
+            raise ValueError(
+                f"model {self.name}: transport openai-compatible needs apiBase (and is not "
+                "for local models)"
+            )
         return self
+
+    @property
+    def upstream_model(self) -> str:
+        """The model name the server is asked for: `litellmModel` after its provider."""
+        return self.litellm_model.split("/", 1)[-1]
 
 
 class GatewayConfig(BaseModel):
@@ -93,6 +109,10 @@ class GatewayConfig(BaseModel):
     @property
     def model_names(self) -> list[str]:
         return sorted({route.name for route in self.models})
+
+    @cached_property
+    def openai_compatible_routes(self) -> frozenset[str]:
+        return frozenset(r.name for r in self.models if r.transport == "openai-compatible")
 
     @property
     def local_routes(self) -> dict[str, ModelRoute]:

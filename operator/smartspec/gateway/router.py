@@ -22,6 +22,7 @@ import litellm
 import openai
 from litellm.router import Router
 
+from smartspec.gateway import openai_compatible
 from smartspec.gateway.config import GatewayConfig, ModelRoute
 
 litellm.telemetry = False
@@ -60,8 +61,11 @@ def build_router(config: GatewayConfig) -> Router:
             continue  # per-run endpoints: see complete_local
         # The Router owns retries and fallbacks; the SDK under it must not retry on its own,
         # or every retry would multiply (and fallbacks would come late).
+        litellm_model = route.litellm_model
+        if route.transport == "openai-compatible":
+            litellm_model = f"{openai_compatible.PROVIDER}/{route.upstream_model}"
         params: dict[str, Any] = {
-            "model": route.litellm_model,
+            "model": litellm_model,
             "timeout": route.timeout_seconds,
             "max_retries": 0,
         }
@@ -73,6 +77,7 @@ def build_router(config: GatewayConfig) -> Router:
             # OpenAI-compatible local servers accept any key; litellm insists on one.
             params["api_key"] = "unused"
         model_list.append({"model_name": route.name, "litellm_params": params})
+    openai_compatible.register()
     return Router(
         model_list=model_list,
         fallbacks=[{name: targets} for name, targets in config.fallbacks.items()],
@@ -90,9 +95,25 @@ def build_router(config: GatewayConfig) -> Router:
 _SKIP_MCP: dict[str, Any] = {"_skip_mcp_handler": True}
 
 
-async def complete(router: Router, request: dict[str, Any]) -> Completion:
+# litellm checks an openai-compatible route's parameters against its generic custom
+# provider, which drops `user` and refuses these two; the server should get them as sent.
+_PASSED_AS_SENT = ("user", "reasoning_effort", "verbosity")
+
+
+async def complete(
+    router: Router, request: dict[str, Any], *, openai_compatible: bool = False
+) -> Completion:
     """One chat completion; raises UpstreamError with a clear class when all routes fail."""
-    return await _call(router.acompletion(**{**request, **_SKIP_MCP}), request["model"])
+    extra = dict(_SKIP_MCP)
+    as_sent = [name for name in _PASSED_AS_SENT if name in request]
+    if openai_compatible and as_sent:
+        extra["allowed_openai_params"] = as_sent
+    return await _call(router.acompletion(**{**request, **extra}), request["model"])
+
+
+async def close_transports() -> None:
+    """Close the connection pool of openai-compatible routes (at shutdown)."""
+    await openai_compatible.TRANSPORT.close()
 
 
 async def _call(call: Awaitable[Any], model: str) -> Completion:

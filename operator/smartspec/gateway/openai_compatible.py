@@ -1,0 +1,195 @@
+"""A lean transport for OpenAI-compatible servers, run by the litellm Router as a provider.
+
+Contract: specs/CORE-003-gateway-and-budgets.md, section "Routing".
+
+Routes with `transport: openai-compatible` (vLLM, Ollama, any server that speaks the Chat
+Completions protocol) are still deployments of the Router: it picks them, retries them,
+falls back from them and times them out. Only the last step differs: instead of litellm's
+OpenAI provider (the OpenAI SDK's request builder, httpx and two response models), one
+aiohttp POST of the JSON body and one response model. On this project's benchmark that
+is most of what litellm costs per call (see the section "Measured").
+
+Failures are raised as litellm's exception classes, by HTTP status, so that the Router
+retries and falls back exactly as it does for its own providers, and router._call maps
+them onto the gateway's error codes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import httpx
+import litellm
+from litellm import exceptions as errors
+from litellm.llms.custom_llm import CustomLLM
+from litellm.types.utils import ModelResponse
+
+PROVIDER = "smartspec_openai_compatible"
+"""The provider prefix of these deployments' litellm model strings."""
+
+# Keys litellm adds to a provider's parameters that are its own, not the upstream's.
+_LITELLM_ONLY = frozenset({"max_retries", "stream"})
+_CONNECTIONS = 1024
+_MESSAGE_LIMIT = 500
+
+
+class OpenAICompatibleTransport(CustomLLM):
+    """POSTs chat completions to `<api_base>/chat/completions` over one pooled session."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=_CONNECTIONS),
+                json_serialize=lambda value: json.dumps(value, ensure_ascii=False),
+            )
+        return self._session
+
+    async def acompletion(  # type: ignore[override]  # litellm calls it with keywords only
+        self,
+        *,
+        model: str,
+        messages: list[Any],
+        api_base: str,
+        api_key: str | None,
+        optional_params: dict[str, Any],
+        timeout: float | httpx.Timeout | None = None,  # noqa: ASYNC109 - litellm's keyword
+        headers: dict[str, str] | None = None,
+        **_: Any,
+    ) -> ModelResponse:
+        body = {"model": model, "messages": messages}
+        body.update({k: v for k, v in optional_params.items() if k not in _LITELLM_ONLY})
+        request_headers = {**(headers or {}), "Content-Type": "application/json"}
+        if api_key:
+            request_headers["Authorization"] = f"Bearer {api_key}"
+        url = api_base.rstrip("/") + "/chat/completions"
+        seconds = _seconds(timeout)
+        try:
+            async with self._client().post(
+                url,
+                json=body,
+                headers=request_headers,
+                timeout=aiohttp.ClientTimeout(total=seconds),
+            ) as reply:
+                raw = await reply.read()
+                status = reply.status
+        except TimeoutError:
+            raise errors.Timeout(
+                message=f"no answer from {url} within {seconds:g} s",
+                model=model,
+                llm_provider=PROVIDER,
+            ) from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise errors.APIConnectionError(
+                message=f"cannot reach {url}: {error}", llm_provider=PROVIDER, model=model
+            ) from None
+        if status != 200:
+            raise _status_error(status, _error_message(raw, status), model)
+        return _model_response(raw, model)
+
+    async def astreaming(self, *_: Any, **__: Any) -> Any:
+        # The gateway refuses stream: true before routing (app._validate_chat_request).
+        raise errors.BadRequestError(
+            message="streaming is not supported by this gateway",
+            model="",
+            llm_provider=PROVIDER,
+        )
+
+
+def _seconds(timeout: float | httpx.Timeout | None) -> float | None:
+    if isinstance(timeout, httpx.Timeout):
+        return timeout.read
+    return timeout
+
+
+def _model_response(raw: bytes, model: str) -> ModelResponse:
+    """The provider's answer as litellm's response model, or a clear error naming the fault."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _malformed(model, f"the answer is not JSON: {_clip(raw)}") from None
+    if not isinstance(data, dict):
+        raise _malformed(model, "the answer is not a JSON object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise _malformed(model, "the answer has no choices")
+    if not all(isinstance(choice, dict) for choice in choices):
+        raise _malformed(model, "the answer's choices are not objects")
+    usage = data.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise _malformed(model, "the answer's usage is not an object")
+    return ModelResponse(**data)
+
+
+def _malformed(model: str, message: str) -> Exception:
+    # 502 from the gateway: the Router may try the next deployment or fallback.
+    return errors.APIError(
+        status_code=502,
+        message=f"malformed answer: {message}",
+        llm_provider=PROVIDER,
+        model=model,
+    )
+
+
+# litellm's class for each status, as its own OpenAI provider raises them; 408 is a timeout.
+_STATUS_ERRORS: dict[int, Callable[..., Exception]] = {
+    401: errors.AuthenticationError,
+    403: errors.PermissionDeniedError,
+    404: errors.NotFoundError,
+    422: errors.UnprocessableEntityError,
+    429: errors.RateLimitError,
+    503: errors.ServiceUnavailableError,
+}
+
+
+def _status_error(status: int, message: str, model: str) -> Exception:
+    """The exception litellm's Router retries, falls back on or gives up on for `status`."""
+    common: dict[str, Any] = {"message": message, "llm_provider": PROVIDER, "model": model}
+    if status == 408:
+        return errors.Timeout(**common)
+    response = httpx.Response(status, request=httpx.Request("POST", "http://upstream"))
+    kind: Callable[..., Exception] | None = _STATUS_ERRORS.get(status)
+    if kind is None:
+        if 400 <= status < 500:
+            kind = errors.BadRequestError
+        elif status >= 500:
+            kind = errors.InternalServerError
+        else:
+            return errors.APIError(status_code=status, **common)
+    return kind(**common, response=response)
+
+
+def _error_message(raw: bytes, status: int) -> str:
+    """The provider's own message when it sent an OpenAI-style error body."""
+    try:
+        error = json.loads(raw).get("error")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        error = None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return f"HTTP {status}: {_clip(error['message'].encode())}"
+    return f"HTTP {status}: {_clip(raw)}"
+
+
+def _clip(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace")
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
+
+
+TRANSPORT = OpenAICompatibleTransport()
+
+
+def register() -> None:
+    """Make the provider known to litellm (idempotent; litellm's provider map is global)."""
+    entries = [e for e in litellm.custom_provider_map if e.get("provider") != PROVIDER]
+    litellm.custom_provider_map = [*entries, {"provider": PROVIDER, "custom_handler": TRANSPORT}]
