@@ -9,8 +9,10 @@ each stub answer delay and at 1, 16 and 64 concurrent calls:
 1. base: client -> litellm -> stub (litellm called in-process, as an app without a gateway
    would); gw: client -> gateway -> stub (a plain HTTP client, as the OpenAI SDK in a sandbox
    is; the gateway authenticates, budgets, calls litellm's Router, records the ledger and the
-   transcript); hop: client -> a pass-through proxy -> stub (one HTTP hop that does nothing
-   else: the floor any gateway process starts from). p50, p99 and the overheads against base;
+   transcript); direct: the same through a route with transport openai-compatible (the
+   Router's deployment sends the gateway's own HTTP request, not litellm's provider);
+   hop: client -> a pass-through proxy -> stub (one HTTP hop that does nothing else: the
+   floor any gateway process starts from). p50, p99 and the overheads against base;
 2. CPU time per call of every process involved, at 64 concurrent on the first delay, read
    from /proc: with a stub that answers at once, 64 concurrent calls keep every core busy, so
    latency there is set by CPU per call (Little's law), not by the gateway's own wait;
@@ -85,7 +87,9 @@ async def measure(base: str, key: str, concurrency: int, calls: int) -> list[flo
     return latencies
 
 
-async def measure_gateway(url: str, token: str, concurrency: int, calls: int) -> list[float]:
+async def measure_gateway(
+    url: str, token: str, concurrency: int, calls: int, model: str = "stub-model"
+) -> list[float]:
     """Gateway path: a plain HTTP client, as a sandboxed generator's OpenAI SDK would be.
 
     aiohttp, not httpx: httpx's connection pool costs several ms of CPU per request at 64
@@ -101,7 +105,7 @@ async def measure_gateway(url: str, token: str, concurrency: int, calls: int) ->
 
         async def one(index: int) -> None:
             body = {
-                "model": "stub-model",
+                "model": model,
                 "messages": [{"role": "user", "content": f"benchmark call {index}"}],
                 "max_tokens": 32,
             }
@@ -310,7 +314,10 @@ def start_gateway(stack: LocalStack, stub_url: str, work: Path) -> tuple[Gateway
         "apiBase": f"{stub_url}/v1",
         "price": {"inputCreditsPerMtok": 150_000, "outputCreditsPerMtok": 600_000},
     }
-    config.write_text(yaml.safe_dump({"numRetries": 0, "models": [route]}))
+    # The same stub model twice: through litellm's OpenAI provider, and through the
+    # gateway's own request (transport openai-compatible); both under the Router.
+    direct = {**route, "name": "stub-direct", "transport": "openai-compatible"}
+    config.write_text(yaml.safe_dump({"numRetries": 0, "models": [route, direct]}))
     keys = work / "keys"
     keys.write_bytes(TEST_TOKEN_KEY + b"\n")
     return another_gateway(stack, work, "bench-gw"), token
@@ -355,8 +362,13 @@ def run_benchmarks(stack: LocalStack, calls: int, latencies_ms: list[int], work:
         "client -> pass-through proxy (no auth, budget, litellm or storage) -> stub"
     )
     print(
+        "gw = the route through litellm's OpenAI provider; direct = the same model on a route "
+        "with transport openai-compatible (the gateway's own request, still under the Router)"
+    )
+    print(
         f"{'stub':>5} {'conc':>4} {'base p50':>9} {'base p99':>9} {'gw p50':>8} {'gw p99':>8} "
-        f"{'+p50':>8} {'+p99':>8} {'hop +p50':>9} {'hop +p99':>9}  (ms)"
+        f"{'+p50':>8} {'+p99':>8} {'direct p50':>10} {'direct p99':>10} {'+p50':>8} "
+        f"{'+p99':>8} {'hop +p50':>9} {'hop +p99':>9}  (ms)"
     )
     cpu_rows: list[tuple[str, Point]] = []
     for latency_ms in latencies_ms:
@@ -369,9 +381,15 @@ def run_benchmarks(stack: LocalStack, calls: int, latencies_ms: list[int], work:
             asyncio.run(measure(base_url, "x", concurrency, 30))  # warm-up
             asyncio.run(measure_gateway(gateway.url, token, concurrency, 30))
             asyncio.run(measure_gateway(passthrough.url, token, concurrency, 30))
+            asyncio.run(measure_gateway(gateway.url, token, concurrency, 30, "stub-direct"))
             base = measured(measure(base_url, "x", concurrency, calls), {**client, **model}, calls)
             through = measured(
                 measure_gateway(gateway.url, token, concurrency, calls),
+                {**client, "gateway": gateway.pid, **model, **behind},
+                calls,
+            )
+            direct = measured(
+                measure_gateway(gateway.url, token, concurrency, calls, "stub-direct"),
                 {**client, "gateway": gateway.pid, **model, **behind},
                 calls,
             )
@@ -383,11 +401,12 @@ def run_benchmarks(stack: LocalStack, calls: int, latencies_ms: list[int], work:
             print(
                 f"{latency_ms:>5} {concurrency:>4} {ms(base.p50):>9} {ms(base.p99):>9} "
                 f"{ms(through.p50):>8} {ms(through.p99):>8} {ms(through.p50 - base.p50):>8} "
-                f"{ms(through.p99 - base.p99):>8} {ms(hop.p50 - base.p50):>9} "
-                f"{ms(hop.p99 - base.p99):>9}"
+                f"{ms(through.p99 - base.p99):>8} {ms(direct.p50):>10} {ms(direct.p99):>10} "
+                f"{ms(direct.p50 - base.p50):>8} {ms(direct.p99 - base.p99):>8} "
+                f"{ms(hop.p50 - base.p50):>9} {ms(hop.p99 - base.p99):>9}"
             )
             if latency_ms == latencies_ms[0] and concurrency == 64:
-                cpu_rows = [("base", base), ("gw", through), ("hop", hop)]
+                cpu_rows = [("base", base), ("gw", through), ("direct", direct), ("hop", hop)]
         stub.stop()
 
     print(f"CPU per call at 64 concurrent, stub latency {latencies_ms[0]} ms (ms of CPU time):")
@@ -396,7 +415,7 @@ def run_benchmarks(stack: LocalStack, calls: int, latencies_ms: list[int], work:
             f"{process} {value:.2f}" for process, value in point.cpu_ms_per_call.items()
         )
         total = sum(point.cpu_ms_per_call.values())
-        print(f"  {name:>4}: {total:5.2f} in all ({parts}); {point.calls_per_second:.0f} calls/s")
+        print(f"  {name:>6}: {total:5.2f} in all ({parts}); {point.calls_per_second:.0f} calls/s")
 
     stub = stack.own(start_stub(stub_port, 0))
     # Capacity grows with replicas (each holds its own lease): two gateway processes, each
