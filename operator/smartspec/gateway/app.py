@@ -713,23 +713,23 @@ async def _read_json(request: web.Request, limit: int) -> dict[str, Any]:
     return body
 
 
-def _validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> tuple[str, int]:
-    def bad(message: str, param: str) -> GatewayError:
-        return GatewayError(400, "invalid_request_error", message, "invalid_request", param=param)
+def _bad(message: str, param: str, *, code: str = "invalid_request") -> GatewayError:
+    """A 400 about one field of the request body."""
+    return GatewayError(400, "invalid_request_error", message, code, param=param)
 
+
+def _validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> tuple[str, int]:
     unsupported = sorted(set(body) - _ACCEPTED_PARAMETERS)
     if unsupported:
-        raise GatewayError(
-            400,
-            "invalid_request_error",
+        raise _bad(
             f"unsupported parameter(s) {', '.join(unsupported)}; this gateway accepts "
             f"{', '.join(sorted(_ACCEPTED_PARAMETERS))}",
-            "unsupported_parameter",
-            param=unsupported[0],
+            unsupported[0],
+            code="unsupported_parameter",
         )
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise bad("model is required and must be a string", "model")
+        raise _bad("model is required and must be a string", "model")
     if model not in served:
         raise GatewayError(
             404,
@@ -739,18 +739,20 @@ def _validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> tupl
             param="model",
         )
     if body.get("stream"):
-        raise bad("streaming is not supported by this gateway; send stream: false", "stream")
+        raise _bad("streaming is not supported by this gateway; send stream: false", "stream")
     if body.get("n", 1) != 1:
-        raise bad("n must be 1", "n")
+        raise _bad("n must be 1", "n")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise bad("messages must be a non-empty list", "messages")
+        raise _bad("messages must be a non-empty list", "messages")
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in _ROLES:
-            raise bad(f"messages[{index}] needs a role of {sorted(_ROLES)}", f"messages[{index}]")
+            raise _bad(f"messages[{index}] needs a role of {sorted(_ROLES)}", f"messages[{index}]")
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
-            raise bad(f"messages[{index}].content must be a string or a list", f"messages[{index}]")
+            raise _bad(
+                f"messages[{index}].content must be a string or a list", f"messages[{index}]"
+            )
     _validate_tools(body.get("tools"))
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", DEFAULT_MAX_TOKENS))
     if (
@@ -758,7 +760,7 @@ def _validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> tupl
         or not isinstance(max_tokens, int)
         or not (1 <= max_tokens <= MAX_TOKENS_LIMIT)
     ):
-        raise bad(f"max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}", "max_tokens")
+        raise _bad(f"max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}", "max_tokens")
     return model, max_tokens
 
 
@@ -768,28 +770,20 @@ def _validate_tools(tools: object) -> None:
     if tools is None:
         return
     if not isinstance(tools, list):
-        raise GatewayError(
-            400, "invalid_request_error", "tools must be a list", "invalid_request", param="tools"
-        )
+        raise _bad("tools must be a list", "tools")
     for index, tool in enumerate(tools):
         kind = tool.get("type") if isinstance(tool, dict) else None
         function = tool.get("function") if isinstance(tool, dict) else None
         if kind != "function" or not isinstance(function, dict):
-            raise GatewayError(
-                400,
-                "invalid_request_error",
+            raise _bad(
                 f"tools[{index}] must be a function tool ({{'type': 'function', 'function': "
                 f"{{...}}}}); type {kind!r} is not supported",
-                "unsupported_tool",
-                param=f"tools[{index}]",
+                f"tools[{index}]",
+                code="unsupported_tool",
             )
         if not isinstance(function.get("name"), str) or not function["name"]:
-            raise GatewayError(
-                400,
-                "invalid_request_error",
-                f"tools[{index}].function.name is required and must be a string",
-                "invalid_request",
-                param=f"tools[{index}]",
+            raise _bad(
+                f"tools[{index}].function.name is required and must be a string", f"tools[{index}]"
             )
 
 

@@ -98,14 +98,6 @@ class OpenAICompatibleTransport(CustomLLM):
             raise _status_error(status, _error_message(raw, status), model)
         return _model_response(raw, model)
 
-    async def astreaming(self, *_: Any, **__: Any) -> Any:
-        # The gateway refuses stream: true before routing (app._validate_chat_request).
-        raise errors.BadRequestError(
-            message="streaming is not supported by this gateway",
-            model="",
-            llm_provider=PROVIDER,
-        )
-
 
 def _seconds(timeout: float | httpx.Timeout | None) -> float | None:
     if isinstance(timeout, httpx.Timeout):
