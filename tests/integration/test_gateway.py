@@ -461,6 +461,80 @@ def test_openai_compatible_routes_send_the_request_as_sent(
     assert "ledger OK" in verify_ledger(cluster, tenant, gateway)
 
 
+@pytest.mark.parametrize(
+    ("primary", "backup"), [("openai-compatible", "litellm"), ("litellm", "openai-compatible")]
+)
+def test_fallbacks_cross_transports(
+    cluster: Cluster,
+    tenant: str,
+    start_gateway: StartGateway,
+    stub: StubServer,
+    tmp_path: Path,
+    primary: str,
+    backup: str,
+) -> None:
+    """A route on one transport falls back to a route on the other, and is charged once."""
+    create_budget(cluster, tenant, 100_000)
+    run = create_run(cluster, tenant)
+    config = tmp_path / "mixed.yaml"
+    write_gateway_config(config, stub.url, transport=primary, backup_transport=backup)
+    gateway = start_gateway(SMARTSPEC_GATEWAY_CONFIG=str(config))
+
+    stub.fail_models["stub-model"] = 500
+    status, body, _ = chat(gateway, token_for(run), temperature=0.5)
+    assert status == 200, body
+    assert [r["model"] for r in stub.requests] == ["stub-model", "stub-model", "stub-backup"]
+    assert stub.requests[-1]["temperature"] == 0.5
+    agents = [headers["User-Agent"] for headers in stub.request_headers]
+    by_gateway = ["aiohttp" in agent for agent in agents]
+    assert by_gateway == [primary != "litellm"] * 2 + [backup != "litellm"], agents
+    assert body["model"] == "stub-model"
+    assert settled(cluster.rest("admin"), tenant)["spentCredits"] == charge(body)
+    assert "ledger OK" in verify_ledger(cluster, tenant, gateway)
+
+
+@pytest.mark.parametrize("transport", ["litellm", "openai-compatible"])
+def test_an_answer_without_token_usage_is_charged_its_reservation(
+    cluster: Cluster,
+    tenant: str,
+    start_gateway: StartGateway,
+    stub: StubServer,
+    tmp_path: Path,
+    transport: str,
+) -> None:
+    """Tokens were spent but not counted: the worst case reserved is charged, never 0."""
+    create_budget(cluster, tenant, 1_000_000)
+    run = create_run(cluster, tenant)
+    gateway = start_gateway(SMARTSPEC_GATEWAY_CONFIG=transport_config(tmp_path, stub, transport))
+    admin = cluster.rest("admin")
+
+    stub.script.append("no-usage")
+    status, body, _ = chat(gateway, token_for(run))
+    assert status == 200, body
+    # The bound the gateway reserved for this prompt: 16 + 8 per message + its JSON bytes.
+    prompt_bound = 16 + 8 + len(json.dumps("Write a to-do API."))
+    reserved = cost_credits(STUB_PRICE, prompt_bound, 64)
+    assert settled(admin, tenant)["spentCredits"] == reserved
+    usage = wait_for(
+        lambda: (admin.get(f"{API}/{tenant}/generationruns/run-1").get("status") or {}).get(
+            "usage"
+        ),
+        "the run's usage",
+    )
+    assert usage == {
+        "calls": 1,
+        "promptTokens": prompt_bound,
+        "completionTokens": 64,
+        "credits": reserved,
+    }
+    assert gateway.metric("smartspec_unreported_usage_total", model="stub-model") == 1
+    assert "ledger OK" in verify_ledger(cluster, tenant, gateway)
+
+    status, body, _ = chat(gateway, token_for(run))  # the next answer reports its usage
+    assert status == 200, body
+    assert settled(admin, tenant)["spentCredits"] == reserved + charge(body)
+
+
 def test_an_unreachable_openai_compatible_server_costs_nothing(
     cluster: Cluster, tenant: str, start_gateway: StartGateway, tmp_path: Path
 ) -> None:

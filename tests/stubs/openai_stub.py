@@ -16,7 +16,8 @@ Failures are scripted at run time:
   status to fail with (429 carries Retry-After); an empty queue answers ok.
 - `fail_models`: model -> status, failing every request for that model (fallback tests).
 - `default_status`: a status to fail every request with once the script is empty.
-- a script item "not-json" answers 200 with an HTML page (a proxy's error), not JSON.
+- a script item "not-json" answers 200 with an HTML page (a proxy's error), not JSON;
+  "no-usage" answers normally but without the usage object (servers that omit it).
 - `delay_seconds`: wait this long before answering (timeouts, benchmarks).
 
 In-process use, from sync tests (a background thread runs its own event loop):
@@ -49,7 +50,7 @@ from aiohttp import web
 
 __all__ = ["ScriptItem", "StubServer", "default_reply", "error_body"]
 
-ScriptItem = int | Literal["ok", "not-json"]
+ScriptItem = int | Literal["ok", "not-json", "no-usage"]
 
 CREATED = 1_700_000_000
 """The fixed `created` timestamp of every answer, so transcripts are reproducible."""
@@ -207,12 +208,16 @@ class StubServer:
 
         if model in self.fail_models:
             return self._error(self.fail_models[model], f"scripted failure for model {model}")
-        return self._next_step() or web.json_response(
-            self._completion(body, model, messages, max_tokens)
-        )
+        step = self._next_step()
+        if isinstance(step, web.Response):
+            return step
+        answer = self._completion(body, model, messages, max_tokens)
+        if step == "no-usage":
+            del answer["usage"]
+        return web.json_response(answer)
 
-    def _next_step(self) -> web.Response | None:
-        """The scripted answer for this request, or None to answer normally."""
+    def _next_step(self) -> web.Response | ScriptItem | None:
+        """The scripted failure for this request, or the item that shapes its answer."""
         step: ScriptItem | None = self.script.popleft() if self.script else None
         if step is None and self.default_status is not None:
             step = self.default_status
@@ -220,7 +225,7 @@ class StubServer:
             return web.Response(status=200, text="<html>upstream proxy error</html>")
         if isinstance(step, int):
             return self._error(step, f"scripted failure {step}")
-        return None
+        return step
 
     async def _list_models(self, request: web.Request) -> web.Response:
         data = [

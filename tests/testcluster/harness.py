@@ -72,10 +72,12 @@ def write_gateway_config(
     *,
     fallback: bool = True,
     transport: str = "litellm",
+    backup_transport: str | None = None,
     timeout_seconds: float = 20,
 ) -> Path:
     """Two priced stub deployments; stub-model falls back to stub-backup. `transport` is
-    the stub deployments' (litellm, or openai-compatible: the gateway's own HTTP request)."""
+    the stub deployments' (litellm, or openai-compatible: the gateway's own HTTP request);
+    `backup_transport`, stub-backup's when it differs."""
     config = {
         "creditsPerUsd": 1_000_000,
         "numRetries": 1,
@@ -93,7 +95,7 @@ def write_gateway_config(
                 "litellmModel": "openai/stub-backup",
                 "apiBase": f"{stub_url}/v1",
                 "timeoutSeconds": timeout_seconds,
-                "transport": transport,
+                "transport": backup_transport or transport,
                 "price": {"inputCreditsPerMtok": 300_000, "outputCreditsPerMtok": 1_200_000},
             },
             {

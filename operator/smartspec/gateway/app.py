@@ -36,6 +36,7 @@ from smartspec.gateway.accounting import (
 )
 from smartspec.gateway.config import GatewayConfig
 from smartspec.gateway.router import (
+    Completion,
     UpstreamError,
     build_router,
     close_transports,
@@ -303,31 +304,55 @@ class Gateway:
                     error.kind,
                 ) from None
             upstream_seconds = time.perf_counter() - upstream_started
-            credits = cost_credits(price, result.prompt_tokens, result.completion_tokens)
-            account.settle(call_id, credits, result.prompt_tokens, result.completion_tokens)
-            account.record(
-                self._draft(
-                    "settle",
-                    claims,
-                    account,
-                    hold,
-                    credits=credits,
-                    prompt_tokens=result.prompt_tokens,
-                    completion_tokens=result.completion_tokens,
-                    detail=f"reserved {hold.credits}",
-                )
-            )
-            metrics.CREDITS.labels(action="settled").inc(credits)
-            metrics.MODEL_CALLS.labels(model=model, outcome="ok").inc()
-            metrics.MODEL_TOKENS.labels(model=model, direction="prompt").inc(result.prompt_tokens)
-            metrics.MODEL_TOKENS.labels(model=model, direction="completion").inc(
-                result.completion_tokens
+            self._settle(
+                account, claims, hold, price, result, reserved_tokens=(prompt_bound, granted_tokens)
             )
             answer = {**result.body, "model": model}
             payload = json.dumps(answer, separators=(",", ":")).encode()
             self._spawn(self._record_transcript(claims, body, payload, call_id))
             metrics.GATEWAY_OVERHEAD.observe(time.perf_counter() - started - upstream_seconds)
             return web.Response(body=payload, content_type="application/json")
+
+    def _settle(
+        self,
+        account: LeaseAccount,
+        claims: RunTokenClaims,
+        hold: Hold,
+        price: ModelPrice,
+        result: Completion,
+        *,
+        reserved_tokens: tuple[int, int],
+    ) -> None:
+        """Charge what the answer reports, and record it; the reservation's rest goes back."""
+        model = hold.model
+        prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
+        detail = f"reserved {hold.credits}"
+        if result.usage_reported:
+            credits = cost_credits(price, prompt_tokens, completion_tokens)
+        else:
+            # Tokens were spent, how many is unknown: charge the worst case reserved.
+            credits = hold.credits
+            prompt_tokens, completion_tokens = reserved_tokens
+            detail += "; the answer reported no token usage: charged the reservation"
+            metrics.UNREPORTED_USAGE.labels(model=model).inc()
+            log.warning("The answer reported no token usage", model=model, credits=credits)
+        account.settle(hold.call_id, credits, prompt_tokens, completion_tokens)
+        account.record(
+            self._draft(
+                "settle",
+                claims,
+                account,
+                hold,
+                credits=credits,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                detail=detail,
+            )
+        )
+        metrics.CREDITS.labels(action="settled").inc(credits)
+        metrics.MODEL_CALLS.labels(model=model, outcome="ok").inc()
+        metrics.MODEL_TOKENS.labels(model=model, direction="prompt").inc(prompt_tokens)
+        metrics.MODEL_TOKENS.labels(model=model, direction="completion").inc(completion_tokens)
 
     async def models(self, request: web.Request) -> web.Response:
         claims = self.authenticate(request)

@@ -68,8 +68,25 @@ class OpenAICompatibleTransport(CustomLLM):
         headers: dict[str, str] | None = None,
         **_: Any,
     ) -> ModelResponse:
+        """litellm's provider entry: a litellm-transport route fell back to one of ours."""
         body = {"model": model, "messages": messages}
         body.update({k: v for k, v in optional_params.items() if k not in _LITELLM_ONLY})
+        answer = await self.send(
+            body, api_base=api_base, api_key=api_key, timeout=timeout, headers=headers
+        )
+        return ModelResponse(**answer)
+
+    async def send(
+        self,
+        body: dict[str, Any],
+        *,
+        api_base: str,
+        api_key: str | None,
+        timeout: float | httpx.Timeout | None,  # noqa: ASYNC109 - the deployment's timeout
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """POST `body` and return the server's answer as it sent it, once checked."""
+        model = str(body.get("model"))
         request_headers = {**(headers or {}), "Content-Type": "application/json"}
         if api_key:
             request_headers["Authorization"] = f"Bearer {api_key}"
@@ -96,7 +113,7 @@ class OpenAICompatibleTransport(CustomLLM):
             ) from None
         if status != 200:
             raise _status_error(status, _error_message(raw, status), model)
-        return _model_response(raw, model)
+        return _checked_answer(raw, model)
 
 
 def _seconds(timeout: float | httpx.Timeout | None) -> float | None:
@@ -105,8 +122,8 @@ def _seconds(timeout: float | httpx.Timeout | None) -> float | None:
     return timeout
 
 
-def _model_response(raw: bytes, model: str) -> ModelResponse:
-    """The provider's answer as litellm's response model, or a clear error naming the fault."""
+def _checked_answer(raw: bytes, model: str) -> dict[str, Any]:
+    """The provider's answer, or a clear error naming the fault."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -121,7 +138,7 @@ def _model_response(raw: bytes, model: str) -> ModelResponse:
     usage = data.get("usage")
     if usage is not None and not isinstance(usage, dict):
         raise _malformed(model, "the answer's usage is not an object")
-    return ModelResponse(**data)
+    return data
 
 
 def _malformed(model: str, message: str) -> Exception:

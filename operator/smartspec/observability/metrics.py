@@ -75,6 +75,11 @@ UPSTREAM_ERRORS = Counter(
     "Failed upstream calls after retries and fallbacks, by model and error class.",
     ["model", "error"],
 )
+UNREPORTED_USAGE = Counter(
+    "smartspec_unreported_usage_total",
+    "Answers that reported no token usage, by model; each was charged its reservation.",
+    ["model"],
+)
 BUDGET_SYNCS = Counter(
     "smartspec_budget_syncs_total",
     "Compare-and-swap writes of budget leases that succeeded.",
