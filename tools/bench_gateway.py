@@ -10,7 +10,8 @@ each stub answer delay and at 1, 16 and 64 concurrent calls:
    would); gw: client -> gateway -> stub (a plain HTTP client, as the OpenAI SDK in a sandbox
    is; the gateway authenticates, budgets, calls litellm's Router, records the ledger and the
    transcript); direct: the same through a route with transport openai-compatible (the
-   Router's deployment sends the gateway's own HTTP request, not litellm's provider);
+   Router still picks, retries and falls back; each attempt is the gateway's own HTTP
+   request instead of litellm.acompletion);
    hop: client -> a pass-through proxy -> stub (one HTTP hop that does nothing else: the
    floor any gateway process starts from). p50, p99 and the overheads against base;
 2. CPU time per call of every process involved, at 64 concurrent on the first delay, read
@@ -363,7 +364,7 @@ def run_benchmarks(stack: LocalStack, calls: int, latencies_ms: list[int], work:
     )
     print(
         "gw = the route through litellm's OpenAI provider; direct = the same model on a route "
-        "with transport openai-compatible (the gateway's own request, still under the Router)"
+        "with transport openai-compatible (the Router's choice, the gateway's own request)"
     )
     print(
         f"{'stub':>5} {'conc':>4} {'base p50':>9} {'base p99':>9} {'gw p50':>8} {'gw p99':>8} "

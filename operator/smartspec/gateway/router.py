@@ -114,7 +114,7 @@ def _route_openai_compatible(router: Router, request: dict[str, Any]) -> Awaitab
     router.acompletion would run each attempt through litellm.acompletion: its parameter
     mapping, a worker-thread hop, its logging and its own cost calculation, work the
     gateway does itself (allow-listed fields, pricing, ledger). Measured in-process on this
-    project's machine: 3.1 ms of CPU per call that way, 0.8 ms through the Router's generic
+    project's machine: 2.8-4.0 ms of CPU per call that way, 0.8 through the Router's generic
     entry, which still selects the deployment, retries, falls back and times out, and hands
     each attempt the chosen deployment's parameters (specs/CORE-003, "Measured"). It is
     litellm's internal API (the one its proxy serves its other endpoints through):
