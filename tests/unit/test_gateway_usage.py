@@ -1,4 +1,4 @@
-"""Which answers report token usage the gateway can charge by (CORE-003, "Settlement")."""
+"""Which answers report token usage the gateway can charge by (CORE-003, "Budget accounting")."""
 
 from __future__ import annotations
 
