@@ -11,8 +11,6 @@ import contextlib
 import json
 import math
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,122 +21,25 @@ import httpx
 import pytest
 
 from smartspec.logic.pricing import ModelPrice, cost_credits
-from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
 from stubs.openai_stub import StubServer
-from testcluster.harness import TEST_TOKEN_KEY as TOKEN_KEY
+from testcluster.gateway_calls import (
+    API,
+    STUB_PRICE,
+    budget_status,
+    charge,
+    chat,
+    create_budget,
+    create_run,
+    settled,
+    token_for,
+    verify_ledger,
+)
 from testcluster.harness import GatewayProcess, wait_for, write_gateway_config
 from testcluster.plugin import Cluster
-from testcluster.rest import Rest
 
 pytestmark = pytest.mark.integration
 
 StartGateway = Callable[..., GatewayProcess]
-STUB_PRICE = ModelPrice("stub-model", 150_000, 600_000)
-BACKUP_PRICE = ModelPrice("stub-backup", 300_000, 1_200_000)
-API = "/apis/smartspec.dev/v1alpha1/namespaces"
-
-
-def create_budget(cluster: Cluster, namespace: str, limit: int, **spec: Any) -> None:
-    body = {
-        "apiVersion": "smartspec.dev/v1alpha1",
-        "kind": "CreditBudget",
-        "metadata": {"name": "default"},
-        "spec": {"limitCredits": limit, **spec},
-    }
-    cluster.rest("platform_admin").post(f"{API}/{namespace}/creditbudgets", body)
-
-
-def create_run(
-    cluster: Cluster, namespace: str, name: str = "run-1", **spec: Any
-) -> dict[str, Any]:
-    body = {
-        "apiVersion": "smartspec.dev/v1alpha1",
-        "kind": "GenerationRun",
-        "metadata": {"name": name},
-        "spec": {
-            "specRef": {"name": "todo-api"},
-            "generator": {"backend": "llm", "model": "stub-model"},
-            **spec,
-        },
-    }
-    cluster.rest("builder").post(f"{API}/{namespace}/generationruns", body)
-    # The run reconciler would set this; here the test plays its part.
-    return cluster.rest("admin").patch(
-        f"{API}/{namespace}/generationruns/{name}/status",
-        {"status": {"phase": "Generating", "attempt": 1}},
-    )
-
-
-def token_for(
-    run: dict[str, Any],
-    *,
-    ttl: int = 3600,
-    replay_of: str | None = None,
-    key: bytes = TOKEN_KEY,
-    namespace: str | None = None,
-) -> str:
-    claims = RunTokenClaims(
-        namespace=namespace or run["metadata"]["namespace"],
-        run=run["metadata"]["name"],
-        run_uid=run["metadata"]["uid"],
-        attempt=1,
-        budget="default",
-        spec_revision=1,
-        expires_at=int(time.time()) + ttl,
-        replay_of=replay_of,
-    )
-    return mint_run_token(claims, key)
-
-
-def chat(
-    gateway: GatewayProcess, token: str, content: str = "Write a to-do API.", **extra: Any
-) -> tuple[int, dict[str, Any], bytes]:
-    body = {
-        "model": "stub-model",
-        "messages": [{"role": "user", "content": content}],
-        "max_tokens": 64,
-        **extra,
-    }
-    response = httpx.post(
-        f"{gateway.url}/v1/chat/completions",
-        json=body,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
-    )
-    return response.status_code, response.json(), response.content
-
-
-def budget_status(rest: Rest, namespace: str) -> dict[str, Any]:
-    status: dict[str, Any] = (
-        rest.get(f"{API}/{namespace}/creditbudgets/default").get("status") or {}
-    )
-    return status
-
-
-def settled(rest: Rest, namespace: str) -> dict[str, Any]:
-    """The budget once every lease is back (the gateway gives idle leases back)."""
-    return wait_for(
-        lambda: (s := budget_status(rest, namespace)) and s.get("reservedCredits", 0) == 0 and s,
-        "every lease to be returned",
-    )
-
-
-def charge(body: dict[str, Any], price: ModelPrice = STUB_PRICE) -> int:
-    usage = body["usage"]
-    return cost_credits(price, usage["prompt_tokens"], usage["completion_tokens"])
-
-
-def verify_ledger(cluster: Cluster, namespace: str, gateway: GatewayProcess) -> str:
-    completed = subprocess.run(
-        [sys.executable, "-m", "smartspec", "ledger", "verify", "--namespace", namespace],
-        env={**gateway.env, "KUBECONFIG": str(cluster.kubeconfig("admin"))},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    return completed.stdout
 
 
 def test_a_call_is_charged_once_recorded_and_attributed(

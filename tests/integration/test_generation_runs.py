@@ -302,6 +302,49 @@ def test_budget_exhausted_mid_run_fails_without_another_job(
     assert len(stub.requests) == 1, "the refused call never reached the provider"
 
 
+def test_a_run_whose_own_cap_binds_fails_run_cap_reached_not_budget_exhausted(
+    cluster: Cluster,
+    tenant: str,
+    local_node: LocalNode,
+    start_operator: Callable[..., Any],
+    start_gateway: Callable[..., Any],
+    stub: Any,
+    tmp_path: Path,
+) -> None:
+    gateway = start_gateway()
+    start_operator(tenant, **operator_env(tmp_path, gateway_url=f"{gateway.url}/v1"))
+    cluster.rest("platform_admin").post(
+        f"{API}/{tenant}/creditbudgets",
+        {
+            "apiVersion": "smartspec.dev/v1alpha1",
+            "kind": "CreditBudget",
+            "metadata": {"name": "default"},
+            "spec": {"limitCredits": 5_000_000},
+        },
+    )
+    builder = cluster.rest("builder")
+    builder.post(f"{API}/{tenant}/specs", example("spec.yaml"))
+    run = example("generationrun-llm.yaml")
+    run["spec"]["generator"]["model"] = "stub-model"
+    run["spec"]["sandbox"] = {}
+    run["spec"]["maxCredits"] = 5  # less than the prompt alone costs: no call can fit
+    builder.post(f"{API}/{tenant}/generationruns", run)
+    admin = cluster.rest("admin")
+
+    status = finished(admin, tenant, "todo-api-llm")
+    assert status["phase"] == "Failed", json.dumps(status, indent=1)[:3000]
+    assert condition(status, "Succeeded") == "False/RunCapReached"
+    message = next(c["message"] for c in status["conditions"] if c["type"] == "Succeeded")
+    assert "run_cap_reached" in message
+    assert "may spend 5 credits (spec.maxCredits of the run)" in message
+    assert "so 5 are left" in message
+    assert stub.requests == [], "the refused call never reached the provider"
+    jobs = admin.get(f"/apis/batch/v1/namespaces/{tenant}/jobs")["items"]
+    assert [job["metadata"]["name"] for job in jobs] == ["todo-api-llm-gen-1"]
+    budget = admin.get(f"{API}/{tenant}/creditbudgets/default").get("status") or {}
+    assert budget.get("spentCredits", 0) == 0
+
+
 def test_operator_restarts_never_duplicate_a_job(
     cluster: Cluster,
     tenant: str,

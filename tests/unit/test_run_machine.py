@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from smartspec.api.gateway import RefusalCode
 from smartspec.api.v1alpha1 import GenerationRun
 from smartspec.api.v1alpha1.spec import Lifecycle
 from smartspec.logic.conditions import find_condition
@@ -226,20 +227,48 @@ def test_failed_tests_feed_the_next_attempt_until_attempts_run_out() -> None:
     assert decision.actions == []
 
 
-def test_budget_exhausted_during_generation_fails_without_another_job() -> None:
+@pytest.mark.parametrize(
+    ("refusal", "expected"),
+    [
+        (RefusalCode.BUDGET_EXHAUSTED, "BudgetExhausted"),
+        (RefusalCode.RUN_CAP_REACHED, "RunCapReached"),
+        (RefusalCode.MODEL_NOT_ALLOWED, "ModelNotAllowed"),
+        (RefusalCode.BUDGET_NOT_FOUND, "BudgetNotFound"),
+    ],
+)
+def test_a_gateway_refusal_fails_the_run_with_its_reason_and_no_other_job(
+    refusal: RefusalCode, expected: str
+) -> None:
     run, _ = step(load_run(), seen())
+    message = "the gateway refused the call: HTTP 402 budget_exceeded: 10 credits left"
     jobs = {
         "todo-api-llm-gen-1": JobObservation(
-            JobState.FAILED,
-            exit_code=3,
-            message='{"result": "failed", "detail": "gateway refused: budget_exhausted"}',
+            JobState.FAILED, exit_code=3, message=message, refusal=refusal
         )
     }
     run, decision = step(run, seen(jobs=jobs))
     assert run.status is not None
     assert run.status.phase == "Failed"
-    assert reason(decision, "Succeeded") == "False/BudgetExhausted"
+    assert reason(decision, "Succeeded") == f"False/{expected}"
+    condition = find_condition(decision.status.conditions, "Succeeded")
+    assert condition is not None
+    assert condition.message == message
     assert decision.actions == []
+
+
+def test_a_message_that_mentions_a_refusal_is_not_read_as_one() -> None:
+    # The run's reason comes from the structured refusal code, never from the wording.
+    run, _ = step(load_run(), seen())
+    jobs = {
+        "todo-api-llm-gen-1": JobObservation(
+            JobState.FAILED,
+            exit_code=3,
+            message="the answer is not valid JSON: 'budget_exhausted' budget_exceeded",
+        )
+    }
+    run, decision = step(run, seen(jobs=jobs))
+    assert decision.status.attempts[0].reason == "GenerationFailed"
+    assert decision.actions == [Action(ActionKind.CREATE_GENERATOR_JOB, 2)]
 
 
 def test_secret_in_generated_code_fails_the_run() -> None:

@@ -30,6 +30,7 @@ import boto3
 import pytest
 import yaml
 
+from smartspec.api.gateway import RefusalCode
 from smartspec.api.v1alpha1 import Spec
 from smartspec.api.v1alpha1.spec import SpecSpec
 from smartspec.logic.canonical import canonical_json, content_hash
@@ -660,6 +661,7 @@ def test_budget_refusal_names_the_gateway_error_code() -> None:
         "the gateway refused the call: HTTP 402 budget_exceeded (code run_cap_reached): "
         "the run has 0 credits left; this call needs up to 4196"
     )
+    assert caught.value.refusal is RefusalCode.RUN_CAP_REACHED
     assert caught.value.usage == Usage()
 
 

@@ -31,9 +31,16 @@ from smartspec.api.v1alpha1.creditbudget import (
 )
 from smartspec.gateway.single_flight import SingleFlight
 from smartspec.kube.client import ConflictError, KubeClient, KubeError, custom_object_path
-from smartspec.logic.budget import DemandWindow, LeaseRequest, LeaseResult, sync_lease
+from smartspec.logic.budget import (
+    DemandWindow,
+    LeaseRequest,
+    LeaseResult,
+    describe_period,
+    sync_lease,
+)
 from smartspec.logic.canonical import canonical_json
 from smartspec.logic.ledger import LedgerDraft, chain_segment, segment_key
+from smartspec.logic.refusals import BudgetFigures
 from smartspec.observability import metrics
 from smartspec.observability.logs import get_logger
 from smartspec.storage import ObjectStore, StorageError
@@ -155,21 +162,31 @@ class LeaseAccount:
     def in_flight_credits(self) -> int:
         return sum(h.credits for h in self.in_flight.values() if not h.covered)
 
-    def budget_remaining(self) -> int:
-        """What the budget as a whole could still grant this replica (for refusal messages)."""
-        if self.spec is None or self.status is None:
-            return 0
-        others = self.status.reserved_credits - self.held
-        free = self.spec.limit_credits - self.status.spent_credits - others
-        return max(0, free - self.in_flight_credits - self.settled_unflushed)
+    def budget_figures(self) -> BudgetFigures:
+        """The budget as this replica knows it, for refusals: spent includes what it settled
+        and has not written, held is every replica's calls in flight (its own spare excluded).
+        """
+        spec = self.spec
+        if spec is None:
+            raise RuntimeError("the budget has not been read")
+        status = self.status or CreditBudgetStatus()
+        others = status.reserved_credits - self.held
+        return BudgetFigures(
+            namespace=self.namespace,
+            budget=self.budget,
+            limit_credits=spec.limit_credits,
+            spent_credits=status.spent_credits + self.settled_unflushed,
+            held_credits=max(0, others) + self.in_flight_credits,
+            period=describe_period(spec.period, datetime.now(UTC)),
+        )
 
-    def run_committed(self, run: str, run_uid: str) -> int:
-        """Credits this replica holds or has settled (unflushed) for one run."""
+    def run_committed(self, run: str, run_uid: str) -> tuple[int, int]:
+        """Credits of one run on this replica: (settled and not yet recorded, held in flight)."""
         held = sum(
             h.credits for h in self.in_flight.values() if h.run == run and h.run_uid == run_uid
         )
         delta = self.run_deltas.get((run, run_uid))
-        return held + (delta.credits if delta is not None else 0)
+        return (delta.credits if delta is not None else 0), held
 
     def record(self, draft: LedgerDraft) -> None:
         self.drafts.append(draft)

@@ -55,6 +55,16 @@ from smartspec.logic.pricing import (
     affordable_completion_tokens,
     cost_credits,
 )
+from smartspec.logic.refusals import (
+    CallNeed,
+    Refusal,
+    RunCap,
+    budget_refusal,
+    missing_budget_refusal,
+    model_refusal,
+    run_cap,
+    run_cap_refusal,
+)
 from smartspec.logic.run_tokens import InvalidRunToken, RunTokenClaims, verify_run_token
 from smartspec.observability import metrics
 from smartspec.observability.logs import bind_correlation, get_logger
@@ -65,6 +75,8 @@ log = get_logger(__name__)
 DEFAULT_MAX_TOKENS = 4096
 MAX_TOKENS_LIMIT = 1_000_000
 MIN_USEFUL_COMPLETION_TOKENS = 16
+UNCAPPED = 1 << 62
+"""The room of a run without a cap."""
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Only these Chat Completions parameters reach the Router. Everything else in a body would be
 # passed to litellm as a keyword argument, where names such as `fallbacks`, `api_base` or
@@ -256,7 +268,7 @@ class Gateway:
             run = await self.active_run(claims)
             account = self.account(claims.namespace, claims.budget)
             await self._refresh_budget(account)
-            self._check_model_policy(account, model)
+            self._check_model_policy(account, claims, model)
             call_id = uuid.uuid4().hex
             if claims.replay_of is not None:
                 return await self._replay(claims, account, body, model, call_id)
@@ -367,24 +379,28 @@ class Gateway:
     async def _refresh_budget(self, account: LeaseAccount) -> None:
         try:
             await account.refresh()
-        except BudgetNotFoundError as error:
-            metrics.REFUSALS.labels(reason="budget_not_found").inc()
+        except BudgetNotFoundError:
+            refusal = missing_budget_refusal(account.namespace, account.budget)
+            # No budget, so no ledger to write to: the answer and the log line say it.
+            log.warning("Call refused", code=refusal.code.value, reason=refusal.message)
+            metrics.REFUSALS.labels(reason=refusal.code.value).inc()
             raise GatewayError(
-                402, "budget_exceeded", str(error), "budget_not_found", remaining_credits=0
+                refusal.http_status,
+                refusal.error_type,
+                refusal.message,
+                refusal.code.value,
+                constraint=refusal.constraint.value,
+                **refusal.figures,
             ) from None
         except BudgetUnavailableError as error:
             raise _fail_closed(error) from None
 
-    def _check_model_policy(self, account: LeaseAccount, model: str) -> None:
-        if not _model_allowed(account, model):
-            metrics.REFUSALS.labels(reason="model_not_allowed").inc()
-            raise GatewayError(
-                403,
-                "permission_error",
-                f"model {model} is not allowed by CreditBudget "
-                f"{account.namespace}/{account.budget}",
-                "model_not_allowed",
-            )
+    def _check_model_policy(
+        self, account: LeaseAccount, claims: RunTokenClaims, model: str
+    ) -> None:
+        if account.spec is not None and not model_allowed(account.spec.models, model):
+            refusal = model_refusal(account.namespace, account.budget, account.spec.models, model)
+            raise self._refuse(refusal, claims, account, model)
 
     def _price(self, model: str) -> ModelPrice:
         try:
@@ -408,71 +424,101 @@ class Gateway:
         call_id: str,
     ) -> tuple[Hold, int]:
         """Hold the worst case, clamping max_tokens to what the budget and run cap allow."""
-        need = cost_credits(price, prompt_bound, max_tokens)
-        run_room = self._run_room(account, claims, run)
+        need = CallNeed(
+            requested_credits=cost_credits(price, prompt_bound, max_tokens),
+            required_credits=cost_credits(
+                price, prompt_bound, min(max_tokens, MIN_USEFUL_COMPLETION_TOKENS)
+            ),
+            min_completion_tokens=min(max_tokens, MIN_USEFUL_COMPLETION_TOKENS),
+            prompt_token_bound=prompt_bound,
+        )
+        requested = need.requested_credits
         # Room that calls waiting for a write asked for is theirs: taking it here would send
         # each of them back for another write.
         free = account.available - account.waiting_credits
-        if not (account.releasing or account.tight) and min(free, run_room) >= need:
-            hold = self._hold(account, claims, model, need, call_id)
+        fits = min(free, self._run_room(account, claims, run)) >= requested
+        if not (account.releasing or account.tight) and fits:
+            hold = self._hold(account, claims, model, requested, call_id)
             if account.wants_refill():
                 self._spawn(self._refill(account))
             return hold, max_tokens
         await self._wait_for_room(account, claims, run, need)
-        run_room = self._run_room(account, claims, run)
-        room = min(account.available, run_room)
-        if room >= need:
-            return self._hold(account, claims, model, need, call_id), max_tokens
+        room = min(account.available, self._run_room(account, claims, run))
+        if room >= requested:
+            return self._hold(account, claims, model, requested, call_id), max_tokens
         affordable = min(max_tokens, affordable_completion_tokens(price, prompt_bound, room))
-        if affordable >= MIN_USEFUL_COMPLETION_TOKENS:
+        if affordable >= need.min_completion_tokens:
             credits = cost_credits(price, prompt_bound, affordable)
             log.info("Clamped max_tokens to the budget", requested=max_tokens, granted=affordable)
             return self._hold(account, claims, model, credits, call_id), affordable
-        reason = "run_cap_reached" if run_room < account.available else "budget_exhausted"
-        remaining = max(0, run_room) if reason == "run_cap_reached" else account.budget_remaining()
-        account.record(
-            self._draft(
-                "refuse",
-                claims,
-                account,
-                None,
-                model=model,
-                detail=f"{reason}: needed {need}, {remaining} left",
-            )
+        cap = self._run_cap(account, claims, run)
+        if cap is not None and cap.room < need.required_credits:
+            refusal = run_cap_refusal(f"{claims.namespace}/{claims.run}", cap, need)
+        else:
+            refusal = budget_refusal(account.budget_figures(), need)
+        raise self._refuse(refusal, claims, account, model, credits=requested)
+
+    def _refuse(
+        self,
+        refusal: Refusal,
+        claims: RunTokenClaims,
+        account: LeaseAccount,
+        model: str,
+        *,
+        credits: int = 0,
+    ) -> GatewayError:
+        """Record a refusal once (ledger entry, warning, metrics) and build its answer."""
+        detail = f"{refusal.code.value} ({refusal.constraint.value}): {refusal}"
+        account.record(self._draft("refuse", claims, account, None, model=model, detail=detail))
+        log.warning(
+            "Call refused",
+            code=refusal.code.value,
+            constraint=refusal.constraint.value,
+            model=model,
+            budget=account.budget,
+            reason=refusal.message,
+            **refusal.figures,
         )
-        metrics.REFUSALS.labels(reason=reason).inc()
-        metrics.CREDITS.labels(action="refused").inc(need)
-        raise GatewayError(
-            402,
-            "budget_exceeded",
-            f"{'the run' if reason == 'run_cap_reached' else 'the budget'} has {remaining} "
-            f"credits left; this call needs up to {need} "
-            f"(at least {MIN_USEFUL_COMPLETION_TOKENS} completion tokens)",
-            reason,
-            remaining_credits=remaining,
-            required_credits=need,
+        metrics.REFUSALS.labels(reason=refusal.code.value).inc()
+        if credits:
+            metrics.CREDITS.labels(action="refused").inc(credits)
+        return GatewayError(
+            refusal.http_status,
+            refusal.error_type,
+            refusal.message,
+            refusal.code.value,
+            constraint=refusal.constraint.value,
+            **refusal.figures,
         )
 
     async def _wait_for_room(
-        self, account: LeaseAccount, claims: RunTokenClaims, run: dict[str, Any], need: int
+        self, account: LeaseAccount, claims: RunTokenClaims, run: dict[str, Any], need: CallNeed
     ) -> None:
         """Wait for writes that grow the lease until this call has room, or cannot get it.
 
-        Each write either makes room (some waiting call goes on: the oldest first, as they
-        re-check in the order they came) or comes back short (tight); so this ends.
+        A call asks for its worst case, or for what its run's cap leaves when that is less
+        (it will be clamped to that): a cap that binds shrinks the call, it never stops the
+        lease from covering it. Each write either makes room (some waiting call goes on: the
+        oldest first, as they re-check in the order they came) or comes back short (tight);
+        so this ends.
         """
-        with account.waiting_for(need):
+        want = min(need.requested_credits, self._run_room(account, claims, run))
+        if want < need.required_credits:
+            return  # the run's cap binds: no lease write helps
+        with account.waiting_for(want):
             while True:
-                if self._run_room(account, claims, run) < need:
-                    return  # the run's cap, not the lease, is short: no write helps
-                if account.tight and recently_synced(account):
+                if (
+                    account.tight
+                    and recently_synced(account)
+                    and account.budget_figures().remaining_credits < need.required_credits
+                ):
                     return  # near exhaustion and just written: decide on what is known
                 try:
-                    await asyncio.shield(account.grow(need))
+                    await asyncio.shield(account.grow(want))
                 except BudgetUnavailableError as error:
                     raise _fail_closed(error) from None
-                room = min(account.available, self._run_room(account, claims, run))
-                if account.tight or room >= need:
+                want = min(want, self._run_room(account, claims, run))
+                if account.tight or account.available >= want or want < need.required_credits:
                     return
                 # Calls that came in during the write took its room first: ask again.
 
@@ -484,20 +530,26 @@ class Gateway:
             # Calls that find no room write themselves and fail closed if this persists.
             log.warning("Lease top-up failed", budget=account.budget, error=str(error))
 
+    def _run_cap(
+        self, account: LeaseAccount, claims: RunTokenClaims, run: dict[str, Any]
+    ) -> RunCap | None:
+        """The run's cap and what it committed: its recorded usage plus this replica's part."""
+        max_credits = (run.get("spec") or {}).get("maxCredits")
+        per_run = account.spec.per_run_limit_credits if account.spec else None
+        used = int(((run.get("status") or {}).get("usage") or {}).get("credits", 0))
+        settled, held = account.run_committed(claims.run, claims.run_uid)
+        return run_cap(
+            max_credits if isinstance(max_credits, int) else None,
+            per_run,
+            account.budget,
+            spent=used + settled,
+            held=held,
+        )
+
     def _run_room(self, account: LeaseAccount, claims: RunTokenClaims, run: dict[str, Any]) -> int:
         """Credits the run may still commit under its cap (a large number when uncapped)."""
-        caps = [
-            value
-            for value in (
-                (run.get("spec") or {}).get("maxCredits"),
-                account.spec.per_run_limit_credits if account.spec else None,
-            )
-            if isinstance(value, int)
-        ]
-        if not caps:
-            return 1 << 62
-        used = int(((run.get("status") or {}).get("usage") or {}).get("credits", 0))
-        return min(caps) - used - account.run_committed(claims.run, claims.run_uid)
+        cap = self._run_cap(account, claims, run)
+        return UNCAPPED if cap is None else cap.room
 
     def _hold(
         self, account: LeaseAccount, claims: RunTokenClaims, model: str, credits: int, call_id: str
@@ -515,7 +567,7 @@ class Gateway:
         shadow_over = (
             account.spec is not None
             and account.spec.enforcement is EnforcementMode.SHADOW
-            and account.budget_remaining() < 0
+            and account.budget_figures().over_limit
         )
         account.record(
             self._draft(

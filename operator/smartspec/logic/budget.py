@@ -61,6 +61,15 @@ def period_bounds(period: Period, now: datetime) -> tuple[datetime, datetime | N
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
+def describe_period(period: Period, now: datetime) -> str:
+    """The period containing `now` in words, for messages: "Monthly period from ... (UTC)"."""
+    if period.type is PeriodType.LIFETIME:
+        return "Lifetime period"
+    start, _ = period_bounds(period, now)
+    local = start.astimezone(ZoneInfo(period.time_zone))
+    return f"{period.type.value} period from {local.isoformat()} ({period.time_zone})"
+
+
 def _wall(day: date, zone: ZoneInfo) -> datetime:
     # Midnight of a calendar date on the zone's wall clock (not start + 24 h).
     return datetime(day.year, day.month, day.day, tzinfo=zone)

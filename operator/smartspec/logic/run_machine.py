@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from smartspec.api.gateway import RefusalCode
+from smartspec.api.sandbox import ExitCode
 from smartspec.api.v1alpha1.common import ConditionStatus
 from smartspec.api.v1alpha1.generationrun import (
     Artifacts,
@@ -32,11 +34,13 @@ from smartspec.api.v1alpha1.spec import Lifecycle
 from smartspec.logic.conditions import set_condition
 from smartspec.logic.naming import generator_job_name, test_job_name
 
-# Exit codes of the sandbox programs (CORE-004, "Exit codes").
-EXIT_TESTS_FAILED = 1
-EXIT_GENERATION_FAILED = 3
-EXIT_SECRET_DETECTED = 4
-EXIT_MANIFEST_MISMATCH = 5
+# The run's reason when the gateway's refusal ended an attempt: retrying cannot help.
+REFUSAL_REASONS = {
+    RefusalCode.BUDGET_EXHAUSTED: Reason.BUDGET_EXHAUSTED,
+    RefusalCode.RUN_CAP_REACHED: Reason.RUN_CAP_REACHED,
+    RefusalCode.BUDGET_NOT_FOUND: Reason.BUDGET_NOT_FOUND,
+    RefusalCode.MODEL_NOT_ALLOWED: Reason.MODEL_NOT_ALLOWED,
+}
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,9 @@ class JobObservation:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
-    """The container's termination message (the program's last JSON line)."""
+    """Why the container ended: its result line's message, else its termination message."""
+    refusal: RefusalCode | None = None
+    """The gateway's refusal code from the generator's result line, when one ended it."""
     pod_ip: str | None = None
     """The running pod's IP (for a local model server sidecar)."""
 
@@ -429,7 +435,7 @@ def _advance_testing(
         status.completion_time = now
         decision.events.append(EventRecord("Normal", Reason.TESTS_PASSED, message))
         return
-    if report is not None and job.exit_code == EXIT_TESTS_FAILED:
+    if report is not None and job.exit_code == ExitCode.TESTS_FAILED:
         attempt.result = AttemptResult.FAILED
         attempt.feedback_digest = report.summary_sha256
         attempt.finished_at = now
@@ -451,10 +457,10 @@ def _attempt_failed_in_generation(
         _attempt_error(
             run, now, decision, Reason.ATTEMPT_TIMEOUT, "the attempt exceeded its deadline"
         )
-    elif job.exit_code == EXIT_SECRET_DETECTED:
+    elif job.exit_code == ExitCode.CREDENTIAL_DETECTED:
         _attempt_error(run, now, decision, Reason.SECRET_DETECTED, detail, retry=False)
-    elif "budget_exceeded" in detail or "budget_exhausted" in detail:
-        _attempt_error(run, now, decision, Reason.BUDGET_EXHAUSTED, detail, retry=False)
+    elif job.refusal is not None:
+        _attempt_error(run, now, decision, REFUSAL_REASONS[job.refusal], detail, retry=False)
     else:
         _attempt_error(run, now, decision, Reason.GENERATION_FAILED, detail)
 

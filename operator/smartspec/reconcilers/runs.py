@@ -23,6 +23,7 @@ from typing import Any
 import kopf
 
 from smartspec.api.manifests import ManifestError, parse_manifest
+from smartspec.api.sandbox import parse_result_line
 from smartspec.api.v1alpha1 import GROUP, VERSION
 from smartspec.api.v1alpha1.creditbudget import CreditBudget
 from smartspec.api.v1alpha1.generationrun import PLURAL, Backend, GenerationRun
@@ -237,11 +238,19 @@ def _job_observation(job: Mapping[str, Any], pod_state: Mapping[str, Any] | None
     }
     exit_code = int(pod_state["exitCode"]) if pod_state and "exitCode" in pod_state else None
     message = str(pod_state.get("message") or "") if pod_state else ""
+    # The sandbox's result line, when the termination message holds one: its fields, not
+    # its wording, decide what happens next.
+    result = parse_result_line(message)
+    refusal = result.detail.refusal if result is not None else None
+    if result is not None and result.detail.message:
+        message = result.detail.message
     if "Complete" in conditions:
         return JobObservation(JobState.SUCCEEDED, exit_code=exit_code or 0, message=message)
     if "Failed" in conditions:
         reason = str(conditions["Failed"].get("reason", ""))
-        return JobObservation(JobState.FAILED, exit_code=exit_code, reason=reason, message=message)
+        return JobObservation(
+            JobState.FAILED, exit_code=exit_code, reason=reason, message=message, refusal=refusal
+        )
     if (job.get("spec") or {}).get("suspend"):
         return JobObservation(JobState.SUSPENDED)
     return JobObservation(JobState.ACTIVE)

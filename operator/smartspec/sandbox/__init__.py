@@ -19,8 +19,9 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
+
+from smartspec.api.sandbox import ExitCode
 
 __all__ = [
     "ExitCode",
@@ -33,23 +34,6 @@ __all__ = [
     "print_result",
     "run_program",
 ]
-
-
-class ExitCode(IntEnum):
-    """Exit codes of both sandbox programs (CORE-004, "Exit codes")."""
-
-    OK = 0
-    """Generator: files and manifest uploaded. Tester: report uploaded, every test passed."""
-    TESTS_FAILED = 1
-    """Tester: report uploaded, tests failed (the feedback for the next attempt)."""
-    BAD_INPUT = 2
-    """Either: bad instructions or storage failure."""
-    GENERATION_FAILED = 3
-    """Generator: the model answer was unusable, the gateway refused, or the spec is unsupported."""
-    CREDENTIAL_DETECTED = 4
-    """Generator: generated code contains a credential; nothing was uploaded."""
-    ARTIFACT_MISMATCH = 5
-    """Tester: a file does not match the manifest (sha256 or size); nothing was run."""
 
 
 @dataclass(frozen=True)

@@ -140,13 +140,21 @@ def _run_backend(
             generation = llm.generate(
                 spec, settings, instructions.gateway, instructions.limits, feedback
             )
-    except (builtin.UnsupportedSpec, llm.GenerationFailed) as error:
-        spent = error.usage.to_wire() if isinstance(error, llm.GenerationFailed) else None
+    except builtin.UnsupportedSpec as error:
         raise ProgramExit(
             ExitCode.GENERATION_FAILED,
             "GenerationFailed",
             f"{settings.backend.value} generation failed: {error}",
-            usage=spent,
+            usage=None,
+        ) from None
+    except llm.GenerationFailed as error:
+        refusal = {"refusal": error.refusal.value} if error.refusal is not None else {}
+        raise ProgramExit(
+            ExitCode.GENERATION_FAILED,
+            "GenerationFailed",
+            f"{settings.backend.value} generation failed: {error}",
+            usage=error.usage.to_wire(),
+            **refusal,
         ) from None
     usage = generation.usage
     _say(

@@ -24,6 +24,7 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from smartspec.api.gateway import RefusalCode
 from smartspec.api.v1alpha1.spec import SpecSpec
 from smartspec.logic.canonical import canonical_json
 
@@ -75,9 +76,13 @@ config.addinivalue_line("markers", "requirement(id): requirement a test demonstr
 class GenerationFailed(Exception):  # noqa: N818 - the name the sandbox contract uses
     """The model's answer was unusable or the gateway refused the call; says exactly why."""
 
-    def __init__(self, reason: str, usage: Usage | None = None) -> None:
+    def __init__(
+        self, reason: str, usage: Usage | None = None, refusal: RefusalCode | None = None
+    ) -> None:
         super().__init__(reason)
         self.usage = usage or Usage()
+        self.refusal = refusal
+        """The gateway's refusal code, when the gateway refused the call."""
 
 
 def generate(
@@ -112,7 +117,7 @@ def generate(
             seed=settings.seed if settings.seed is not None else openai.omit,
         )
     except openai.APIStatusError as error:
-        raise GenerationFailed(_refusal(error), usage) from None
+        raise GenerationFailed(_refusal(error), usage, _refusal_code(error)) from None
     except openai.APITimeoutError:
         raise GenerationFailed(
             f"the gateway at {gateway.base_url} did not answer within {timeout:g} s", usage
@@ -215,6 +220,15 @@ def _refusal(error: openai.APIStatusError) -> str:
     if label:
         text += f" {label}"
     return f"{text}: {message or error.message}"
+
+
+def _refusal_code(error: openai.APIStatusError) -> RefusalCode | None:
+    """The gateway's budget or policy refusal code, read from the error body's `code`."""
+    body: Any = error.body
+    detail = body.get("error", body) if isinstance(body, dict) else None
+    code = detail.get("code") if isinstance(detail, dict) else None
+    known = {item.value: item for item in RefusalCode}
+    return known.get(code) if isinstance(code, str) else None
 
 
 # ------------------------------------------------------------------ parsing

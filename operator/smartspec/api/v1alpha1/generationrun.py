@@ -62,6 +62,8 @@ class Reason(StrEnum):
     SPEC_HASH_MISMATCH = "SpecHashMismatch"
     BUDGET_NOT_FOUND = "BudgetNotFound"
     BUDGET_EXHAUSTED = "BudgetExhausted"
+    RUN_CAP_REACHED = "RunCapReached"
+    """The run's own cap (maxCredits or the budget's perRunLimitCredits) is spent."""
     MODEL_NOT_ALLOWED = "ModelNotAllowed"
     GENERATING = "Generating"
     GENERATED = "Generated"
