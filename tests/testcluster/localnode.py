@@ -553,11 +553,14 @@ class LocalNode:
 
     def _command(self, pod: Obj, container: Obj, workdir: Path) -> tuple[list[str], dict[str, str]]:
         """argv ($(VAR)-expanded command + args) and environment of the container."""
-        env = self._container_env(pod, container)
+        env, declared = self._container_env(pod, container)
         mounts = self._materialize_volumes(pod, container, workdir / "volumes")
-        # No mount namespace here: environment values that point into a mount (the usual way
-        # a program is told where its files are) are pointed at the materialised copy.
-        for key, value in env.items():
+        # No mount namespace here: values the pod declares that point into a mount (the usual
+        # way a program is told where its files are) are pointed at the materialised copy.
+        # Only the pod's own: the host's PATH or HOME may lie under a mount path too (a
+        # checkout under /tmp, where the sandbox mounts an emptyDir), and is not the pod's.
+        for key in declared:
+            value = env[key]
             for mount_path, local in mounts.items():
                 if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
                     env[key] = str(local) + value[len(mount_path.rstrip("/")) :]
@@ -729,7 +732,8 @@ class LocalNode:
 
     # -- environment -----------------------------------------------------------------------
 
-    def _container_env(self, pod: Obj, container: Obj) -> dict[str, str]:
+    def _container_env(self, pod: Obj, container: Obj) -> tuple[dict[str, str], set[str]]:
+        """The environment, and the names the pod itself declares (env and envFrom)."""
         meta = pod["metadata"]
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -739,6 +743,7 @@ class LocalNode:
         # HOME: the pod's own scratch dir, so tools that write ~/.cache stay contained.
         env["HOME"] = str(self.work_root / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}")
         ns = meta["namespace"]
+        declared: set[str] = set()
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if "configMapRef" in source:
@@ -748,14 +753,17 @@ class LocalNode:
                 ref = source["secretRef"]
                 data = self._read_data("secret", ns, ref["name"], ref.get("optional", False))
             env.update({prefix + k: v for k, v in (data or {}).items()})
+            declared.update(prefix + k for k in data or {})
         for var in container.get("env") or []:
             if "valueFrom" not in var:
                 env[var["name"]] = expand_vars(var.get("value", ""), env)
+                declared.add(var["name"])
                 continue
             value = self._value_from(pod, var["name"], var["valueFrom"])
             if value is not None:
                 env[var["name"]] = value
-        return env
+                declared.add(var["name"])
+        return env, declared
 
     def _value_from(self, pod: Obj, var: str, source: Obj) -> str | None:
         ns = pod["metadata"]["namespace"]
