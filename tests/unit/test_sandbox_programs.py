@@ -19,6 +19,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -242,8 +243,17 @@ class Finished:
     stdout: str
 
 
+# The sandbox images carry no time-zone database (no system zoneinfo, no tzdata wheel): run
+# the programs the same way, so one that needs a zone at import or at run time fails here.
+WITHOUT_TZ_DATABASE = (
+    "import runpy, sys; sys.modules['tzdata'] = None; "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+
+
 def run_program(program: str, instructions: dict[str, Any] | str) -> Finished:
-    """`python -m smartspec.sandbox.<program>` with the instructions and no AWS variable."""
+    """`python -m smartspec.sandbox.<program>` with the instructions, no AWS variable and no
+    time-zone database."""
     env = {
         name: value
         for name, value in os.environ.items()
@@ -252,8 +262,10 @@ def run_program(program: str, instructions: dict[str, Any] | str) -> Finished:
     env["SMARTSPEC_INSTRUCTIONS"] = (
         instructions if isinstance(instructions, str) else json.dumps(instructions)
     )
+    empty = tempfile.mkdtemp(prefix="no-zoneinfo-")
+    env.update(PYTHONTZPATH=empty, TZDIR=empty)
     done = subprocess.run(
-        [sys.executable, "-m", f"smartspec.sandbox.{program}"],
+        [sys.executable, "-c", WITHOUT_TZ_DATABASE, f"smartspec.sandbox.{program}"],
         env=env,
         cwd=REPO,
         capture_output=True,

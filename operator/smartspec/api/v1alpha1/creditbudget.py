@@ -122,7 +122,9 @@ class CreditBudgetSpec(WireModel):
 
     limit_credits: Credits
     """Credits the namespace may spend per period."""
-    period: Period = Period()
+    # Built without validation: validating the default would load the UTC zone from the tz
+    # database at import, and the sandbox images, which import this module, have none.
+    period: Period = Period.model_construct()
     """When the limit resets, and in which time zone."""
     per_run_limit_credits: Credits | None = None
     """Most credits one GenerationRun may spend; at most limitCredits."""
