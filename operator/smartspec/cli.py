@@ -35,6 +35,7 @@ from smartspec.api.v1alpha1 import CreditBudget, GenerationRun, Resource, Spec
 from smartspec.api.v1alpha1.creditbudget import CreditBudgetStatus
 from smartspec.builders.crds import build_crds, crd_file_name, render_crd_yaml
 from smartspec.builders.static import build_static_manifests, render_manifests_yaml
+from smartspec.logic.run_tokens import InvalidTokenKeysError
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -135,7 +136,11 @@ def _run_operator(arguments: argparse.Namespace) -> int:
     settings = _load_settings(OperatorSettings, "operator")
     if settings is None:
         return EXIT_USAGE
-    run_operator(settings)
+    try:
+        run_operator(settings)
+    except (InvalidTokenKeysError, OSError) as error:
+        print(f"the operator cannot start: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

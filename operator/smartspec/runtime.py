@@ -12,6 +12,7 @@ from prometheus_client import start_http_server
 
 from smartspec.builders.jobs import LocalModelSettings, SandboxSettings
 from smartspec.kube.client import KubeClient, load_configuration
+from smartspec.logic.run_tokens import parse_token_keys
 from smartspec.observability.logs import configure_logging, get_logger
 from smartspec.reconcilers.budgets import register_budget_handlers
 from smartspec.reconcilers.runs import RunContext, register_run_handlers
@@ -68,8 +69,10 @@ def build_run_context(settings: OperatorSettings, store: S3ObjectStore) -> RunCo
     """Clients and sandbox settings of the run reconciler, from the operator settings."""
     keys: tuple[bytes, ...] = ()
     if settings.token_keys_file is not None:
-        lines = settings.token_keys_file.read_text(encoding="utf-8").splitlines()
-        keys = tuple(line.strip().encode() for line in lines if line.strip())
+        # The gateway parses the same file with the same function: both refuse a bad one.
+        keys = parse_token_keys(
+            settings.token_keys_file.read_text(encoding="utf-8"), str(settings.token_keys_file)
+        )
     return RunContext(
         kube=KubeClient(load_configuration()),
         store=store,

@@ -93,7 +93,8 @@ class GatewaySettings(BaseSettings):
     gateway_lease_factor: int = Field(default=8, ge=1, le=1000)
     """A lease grows by this many times the worst case of the call that needs it."""
     gateway_lease_max_fraction: int = Field(default=16, ge=1, le=10000)
-    """A lease never grows beyond limit / this (so other replicas find credits too)."""
+    """A lease's spare part never grows beyond limit / this (so other replicas find credits
+    too); what a waiting call needs is never capped."""
     gateway_idle_release_seconds: float = Field(default=3.0, ge=0.1, le=3600)
     """Unused lease is given back after this long without calls."""
     gateway_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)

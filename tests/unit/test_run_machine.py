@@ -333,3 +333,13 @@ def test_a_local_model_attempt_records_its_sidecar_endpoint() -> None:
     assert decision.actions == []
     assert run.status is not None
     assert run.status.attempts[0].model_endpoint == "http://10.0.0.7:8001/v1"
+
+
+def test_an_llm_run_waits_while_the_operator_has_no_run_token_keys() -> None:
+    run, decision = step(load_run(), seen(run_tokens_configured=False))
+    assert run.status is not None
+    assert run.status.phase == "Pending"
+    assert reason(decision, "Admitted") == "False/GatewayNotConfigured"
+    assert decision.actions == []
+    _, decision = step(load_run("generationrun-builtin.yaml"), seen(run_tokens_configured=False))
+    assert reason(decision, "Admitted") == "True/Admitted"

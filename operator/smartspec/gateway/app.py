@@ -19,7 +19,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -158,7 +157,7 @@ class Gateway:
 
     config: GatewayConfig
     prices: PriceTable
-    token_keys: list[bytes]
+    token_keys: tuple[bytes, ...]
     kube: KubeClient
     store: ObjectStore
     options: GatewayOptions
@@ -951,12 +950,3 @@ def build_app(gateway: Gateway) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     return app
-
-
-def read_token_keys(path: Path) -> list[bytes]:
-    """One key per line, current first; blank lines ignored."""
-    keys = [line.strip().encode() for line in path.read_text(encoding="utf-8").splitlines()]
-    keys = [key for key in keys if key]
-    if not keys:
-        raise ValueError(f"{path} holds no run-token key")
-    return keys

@@ -9,11 +9,12 @@ import gc
 
 from aiohttp import web
 
-from smartspec.gateway.app import Gateway, GatewayOptions, build_app, read_token_keys
+from smartspec.gateway.app import Gateway, GatewayOptions, build_app
 from smartspec.gateway.config import GatewayConfig, load_gateway_config
 from smartspec.gateway.litellm_costs import litellm_cost_map_source, load_litellm_cost_map
 from smartspec.kube.client import KubeClient, load_configuration
 from smartspec.logic.pricing import PriceTable, build_price_table
+from smartspec.logic.run_tokens import parse_token_keys
 from smartspec.observability.logs import configure_logging, get_logger
 from smartspec.settings import GatewaySettings
 from smartspec.storage import S3ObjectStore
@@ -52,7 +53,10 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     return Gateway(
         config=config,
         prices=prices,
-        token_keys=read_token_keys(settings.gateway_token_keys_file),
+        token_keys=parse_token_keys(
+            settings.gateway_token_keys_file.read_text(encoding="utf-8"),
+            str(settings.gateway_token_keys_file),
+        ),
         kube=KubeClient(load_configuration()),
         store=S3ObjectStore(
             settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region

@@ -142,6 +142,8 @@ class Observations:
     generator_results: dict[int, ManifestObservation] = field(default_factory=dict)
     local_model_port: int | None = None
     """Port of the model-server sidecar when the run's model is a local one."""
+    run_tokens_configured: bool = True
+    """The operator has run-token keys, so it can give an llm run access to the gateway."""
     test_results: dict[int, ReportObservation] = field(default_factory=dict)
 
 
@@ -242,7 +244,21 @@ def _admission_refusal(run: GenerationRun, seen: Observations) -> tuple[Reason, 
     if spec is None:
         name = run.spec.spec_ref.name
         return Reason.SPEC_NOT_FOUND, f"Spec {name} does not exist in this namespace", False
-    return _spec_refusal(run, spec) or _budget_refusal(run, seen.budget)
+    return (
+        _spec_refusal(run, spec) or _gateway_refusal(run, seen) or _budget_refusal(run, seen.budget)
+    )
+
+
+def _gateway_refusal(run: GenerationRun, seen: Observations) -> tuple[Reason, str, bool] | None:
+    if run.spec.generator.backend is Backend.LLM and not seen.run_tokens_configured:
+        # An operator setting, not the run's fault: wait for the operator to be fixed.
+        return (
+            Reason.GATEWAY_NOT_CONFIGURED,
+            "the operator has no run-token keys (SMARTSPEC_TOKEN_KEYS_FILE), so it cannot "
+            "give an llm run access to the gateway; builtin runs are not affected",
+            False,
+        )
+    return None
 
 
 def _spec_refusal(run: GenerationRun, spec: SpecObservation) -> tuple[Reason, str, bool] | None:

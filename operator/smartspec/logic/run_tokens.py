@@ -82,6 +82,38 @@ class RunTokenClaims:
         _require_int(self.expires_at, "expires_at", minimum=0)
 
 
+class InvalidTokenKeysError(ValueError):
+    """The run-token key file is empty or holds a key that is not usable."""
+
+
+def parse_token_keys(text: str, source: str) -> tuple[bytes, ...]:
+    """The keys of a run-token key file: one per line, current first, blank lines ignored.
+
+    The operator (which signs) and the gateway (which verifies) both read the file with this
+    function and refuse to start on what it refuses, so a bad file stops both at start-up
+    instead of failing the first llm run. Messages name lines, never key material.
+    """
+    keys: list[bytes] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        key = line.strip().encode("utf-8")
+        if not key:
+            continue
+        if len(key) < MIN_KEY_BYTES:
+            raise InvalidTokenKeysError(
+                f"{source}: line {number} holds a key of {len(key)} bytes; each run-token key "
+                f"needs at least {MIN_KEY_BYTES}"
+            )
+        if any(character.isspace() for character in line.strip()):
+            raise InvalidTokenKeysError(f"{source}: line {number} holds whitespace inside its key")
+        keys.append(key)
+    if not keys:
+        raise InvalidTokenKeysError(
+            f"{source} holds no run-token key (one key of at least {MIN_KEY_BYTES} bytes per "
+            "line, current first)"
+        )
+    return tuple(keys)
+
+
 def mint_run_token(claims: RunTokenClaims, key: bytes) -> str:
     """Sign the claims with the current key."""
     _require_key(key)

@@ -143,6 +143,7 @@ async def gather(run: GenerationRun, context: RunContext) -> Observations:
         budget=await _observe_budget(context.kube, namespace, run),
         jobs=await _observe_jobs(context.kube, namespace, run),
         local_model_port=local.port if local is not None else None,
+        run_tokens_configured=bool(context.token_keys),
     )
     status = run.status
     if status is None or status.pinned_spec is None:
@@ -343,6 +344,11 @@ async def _create_generator(
         feedback = context.store.presign_get(previous, context.url_ttl_seconds)
     token = None
     if run.spec.generator.backend is Backend.LLM:
+        if not context.token_keys:
+            # Admitted by an operator that had keys; wait for one that has them again.
+            raise kopf.TemporaryError(
+                "the operator has no run-token keys (SMARTSPEC_TOKEN_KEYS_FILE)", delay=60
+            )
         claims = RunTokenClaims(
             namespace=namespace,
             run=name,

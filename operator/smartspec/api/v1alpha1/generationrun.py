@@ -61,6 +61,8 @@ class Reason(StrEnum):
     SPEC_DEPRECATED = "SpecDeprecated"
     SPEC_HASH_MISMATCH = "SpecHashMismatch"
     BUDGET_NOT_FOUND = "BudgetNotFound"
+    GATEWAY_NOT_CONFIGURED = "GatewayNotConfigured"
+    """The operator has no run-token keys: llm runs wait until it does."""
     BUDGET_EXHAUSTED = "BudgetExhausted"
     RUN_CAP_REACHED = "RunCapReached"
     """The run's own cap (maxCredits or the budget's perRunLimitCredits) is spent."""
