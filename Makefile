@@ -44,6 +44,7 @@ verify: lint typecheck contracts $(STAMP) ## every static check, and crds/ and d
 testbin: ## build (or reuse) etcd, kube-apiserver, kube-controller-manager, helm under ~/.cache
 	tools/build-testbin.sh
 	tools/build-helm.sh
+	tools/build-node.sh
 
 unit: $(STAMP) ## unit tests only (no cluster)
 	$(BIN)/pytest tests/unit

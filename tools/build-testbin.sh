@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Builds the real control-plane binaries the integration tests run as local processes:
-# etcd (go.etcd.io/etcd/server/v3), kube-apiserver and kube-controller-manager
-# (k8s.io/kubernetes), from Go modules through the module proxy: no Docker, no downloads of
-# prebuilt binaries. See specs/TEST-001-control-plane.md.
+# Builds the real Kubernetes binaries the integration tests run as local processes:
+# etcd (go.etcd.io/etcd/server/v3); kube-apiserver, kube-controller-manager, and for the real
+# test node kube-scheduler, kubelet and kubectl (k8s.io/kubernetes), from Go modules through
+# the module proxy: no Docker, no downloads of prebuilt binaries. See
+# specs/TEST-001-control-plane.md.
 #
 # Versions come from the helper modules (single source of truth):
 #   tools/k8s-testbin/go.mod   require k8s.io/kubernetes vX.Y.Z   (regenerate with gen.sh)
 #   tools/etcd-testbin/go.mod  require go.etcd.io/etcd/server/v3 vA.B.C
 #
 # Output, outside the repo and keyed by version (binaries are never committed):
-#   ${SMARTSPEC_TESTBIN:-$HOME/.cache/smartspec/testbin}/k8s-vX.Y.Z/{kube-apiserver,kube-controller-manager}
+#   ${SMARTSPEC_TESTBIN:-$HOME/.cache/smartspec/testbin}/k8s-vX.Y.Z/{kube-apiserver,kube-controller-manager,
+#                                                                    kube-scheduler,kubelet,kubectl}
 #   ${SMARTSPEC_TESTBIN:-$HOME/.cache/smartspec/testbin}/etcd-vA.B.C/etcd
 #   ${SMARTSPEC_TESTBIN:-$HOME/.cache/smartspec/testbin}/testbin.env   (K8S_TESTBIN=..., ETCD_TESTBIN=...)
 # A build is skipped when the cached binaries answer the expected `--version`.
@@ -61,12 +63,15 @@ mkdir -p "$ROOT"
 exec 9>"$ROOT/.lock"
 flock 9 2>/dev/null || true
 
+K8S_CMDS="kube-apiserver kube-controller-manager kube-scheduler kubelet"
 k8s_ok() {
 	local b
-	for b in kube-apiserver kube-controller-manager; do
+	for b in $K8S_CMDS; do
 		[ -x "$K8S_DIR/$b" ] || return 1
 		[ "$("$K8S_DIR/$b" --version 2>/dev/null)" = "Kubernetes $K8S_V" ] || return 1
 	done
+	[ -x "$K8S_DIR/kubectl" ] &&
+		"$K8S_DIR/kubectl" version --client -o json 2>/dev/null | grep -q "\"gitVersion\": \"$K8S_V\""
 }
 etcd_ok() {
 	[ -x "$ETCD_DIR/etcd" ] &&
@@ -137,14 +142,15 @@ else
 	ldf="-s -w $(x gitVersion "$K8S_V") $(x gitMajor 1) $(x gitMinor "$minor") $(x gitTreeState clean) $(x buildDate 1970-01-01T00:00:00Z)"
 	tmp="$K8S_DIR.tmp.$$"
 	rm -rf "$tmp" && mkdir -p "$tmp"
-	log "building kube-apiserver + kube-controller-manager $K8S_V (cold GOCACHE: ~3.5-5.5 min on 2 cores)"
+	log "building $K8S_CMDS kubectl $K8S_V (cold GOCACHE: ~5-6 min on 2 cores)"
+	# One `go build`: the five commands share most packages, so this is one compile of them.
 	build "$REPO/tools/k8s-testbin" "$tmp/build.log" -ldflags "$ldf" -o "$tmp/" \
-		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+		$(for b in $K8S_CMDS kubectl; do printf 'k8s.io/kubernetes/cmd/%s ' "$b"; done)
 	rm -rf "$K8S_DIR" && mv "$tmp" "$K8S_DIR"
 	k8s_ok || die "built binaries do not report Kubernetes $K8S_V: $("$K8S_DIR/kube-apiserver" --version 2>&1)"
 fi
 
 printf 'K8S_TESTBIN=%s\nETCD_TESTBIN=%s\n' "$K8S_DIR" "$ETCD_DIR" >"$ROOT/testbin.env"
-log "binaries: $(cd "$ROOT" && ls -l "k8s-$K8S_V"/kube-* "etcd-$ETCD_V"/etcd | awk '{printf "%s %dMB; ", $NF, $5/1048576}')"
+log "binaries: $(cd "$ROOT" && ls -l "k8s-$K8S_V"/kube* "etcd-$ETCD_V"/etcd | awk '{printf "%s %dMB; ", $NF, $5/1048576}')"
 log "env file: $ROOT/testbin.env"
 echo "export K8S_TESTBIN=$K8S_DIR ETCD_TESTBIN=$ETCD_DIR"

@@ -55,8 +55,12 @@ while read -r kind m rest; do
 	fi
 done
 
+# Control plane, plus the node (kubelet, kube-scheduler) and kubectl for the real test node.
 "$go" get -tool "k8s.io/kubernetes/cmd/kube-apiserver@v${V}" \
-	"k8s.io/kubernetes/cmd/kube-controller-manager@v${V}"
+	"k8s.io/kubernetes/cmd/kube-controller-manager@v${V}" \
+	"k8s.io/kubernetes/cmd/kube-scheduler@v${V}" \
+	"k8s.io/kubernetes/cmd/kubelet@v${V}" \
+	"k8s.io/kubernetes/cmd/kubectl@v${V}"
 "$go" mod tidy
 # `go get`/`tidy` may raise the go line if a dependency needs it; say so loudly.
 NOW=$("$go" mod edit -json | python3 -c 'import json,sys; print(json.load(sys.stdin)["Go"])')
