@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lint typecheck contracts crds verify testbin unit test demo clean
+.PHONY: help venv lint typecheck contracts crds verify testbin images unit test demo clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ testbin: ## build (or reuse) etcd, kube-apiserver, kube-controller-manager, helm
 	tools/build-testbin.sh
 	tools/build-helm.sh
 	tools/build-node.sh
+
+images: ## build the operator, generator and tester images (buildah, docker or podman)
+	tools/build-images.sh
 
 unit: $(STAMP) ## unit tests only (no cluster)
 	$(BIN)/pytest tests/unit

@@ -155,9 +155,18 @@ def test_base_images_carry_an_explicit_tag(image: str) -> None:
     stages: set[str] = set()
     froms = dockerfile.named("FROM")
     assert froms, f"{image}: no FROM"
+    # ARGs before the first FROM may name the base; their defaults are what users build.
+    first_from = dockerfile.instructions.index(froms[0])
+    global_args = dict(
+        pair for item in dockerfile.instructions[:first_from] for pair in env_pairs(item)
+    )
     for instruction in froms:
         tokens = [t for t in instruction.arguments.split() if not t.startswith("--platform")]
         reference = tokens[0]
+        argument = re.fullmatch(r"\$\{?(\w+)\}?", reference)
+        if argument:
+            assert global_args.get(argument[1]), f"{image}: {reference} has no default"
+            reference = global_args[argument[1]]
         if len(tokens) >= 3 and tokens[1].upper() == "AS":
             stages.add(tokens[2].lower())
         if reference.lower() in stages:
