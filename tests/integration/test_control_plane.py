@@ -1,5 +1,6 @@
-"""Integration tests of the test environment itself: the real control plane, the local
-node, RBAC with the static-token identities and the moto S3 endpoint.
+"""Integration tests of the test environment itself: the real control plane, the node of this
+machine (real, or the fake local node; the fake node's own tests skip on a real one), RBAC
+with the static-token identities and the S3 endpoint.
 
 See specs/TEST-001-control-plane.md. Polls with generous timeouts; no speed assertions.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,13 +18,15 @@ import pytest
 
 from testcluster.localnode import LocalNode
 from testcluster.plugin import Cluster
+from testcluster.realnode import RealNode
 from testcluster.rest import ApiException, Obj, Rest
 from testcluster.s3 import S3Endpoint
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 60.0
-IMAGE = "python:3.11-slim"  # never pulled: the local node runs the command on the host
+# Imported into the real node's containerd (tools/build-images.sh); the fake node ignores it.
+IMAGE = "ghcr.io/smartspec/sandbox-tester:0.1.0"
 
 # The securityContext the Pod Security "restricted" profile requires of every container.
 RESTRICTED_SC: dict[str, Any] = {
@@ -47,7 +49,8 @@ def _pod_spec(command: list[str], **extra: Any) -> dict[str, Any]:
 
 
 def _py(code: str) -> list[str]:
-    return [sys.executable, "-c", code]
+    # The image's python on the real node, this interpreter on the fake one (first on PATH).
+    return ["python", "-c", code]
 
 
 def _wait_for(what: str, probe: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
@@ -118,7 +121,7 @@ def _job_condition(rest: Rest, ns: str, name: str) -> str | None:
 
 
 def test_jobs_complete_and_fail_through_job_controller(
-    cluster: Cluster, namespace: str, local_node: LocalNode
+    cluster: Cluster, namespace: str, local_node: LocalNode | RealNode
 ) -> None:
     rest = cluster.rest()
     jobs = f"/apis/batch/v1/namespaces/{namespace}/jobs"
@@ -146,7 +149,7 @@ def test_jobs_complete_and_fail_through_job_controller(
 
 
 def test_local_node_env_deadline_and_deletion(
-    cluster: Cluster, namespace: str, local_node: LocalNode
+    cluster: Cluster, namespace: str, fake_node: LocalNode
 ) -> None:
     rest = cluster.rest()
     rest.post(
@@ -181,8 +184,8 @@ def test_local_node_env_deadline_and_deletion(
     env_done = _wait_for(
         "env pod to succeed", lambda: _pod_in_phase(rest, namespace, "env", "Succeeded")
     )
-    assert env_done["spec"]["nodeName"] == local_node.name
-    assert local_node.logs(namespace, "env").strip() == "plain s3cr3t env plain-x"
+    assert env_done["spec"]["nodeName"] == fake_node.name
+    assert fake_node.logs(namespace, "env").strip() == "plain s3cr3t env plain-x"
 
     slow_done = _wait_for(
         "slow pod to hit its deadline", lambda: _pod_in_phase(rest, namespace, "slow", "Failed")
@@ -203,7 +206,7 @@ def test_local_node_env_deadline_and_deletion(
 
 
 def test_local_node_restarts_on_failure(
-    cluster: Cluster, namespace: str, local_node: LocalNode
+    cluster: Cluster, namespace: str, fake_node: LocalNode
 ) -> None:
     # Fails on the first attempt, succeeds on the second (the pod's work dir persists).
     code = (
@@ -248,7 +251,7 @@ def test_s3_endpoint_put_get(s3: S3Endpoint) -> None:
 
 
 def test_local_node_materialises_secret_and_empty_dir_volumes(
-    cluster: Cluster, namespace: str, local_node: LocalNode
+    cluster: Cluster, namespace: str, fake_node: LocalNode
 ) -> None:
     """A program told by env where its mounted Secret is finds it; so does its workspace."""
     rest = cluster.rest()

@@ -1,10 +1,12 @@
-"""A real, local Kubernetes control plane for integration tests (no Docker, no kubelet).
+"""A real, local Kubernetes control plane for integration tests (no Docker).
 
 Starts etcd, kube-apiserver and kube-controller-manager as loopback-only subprocesses on
 free ports, with a throw-away PKI, static-token users (one kubeconfig per identity), RBAC
 authorization, Pod Security and ServiceAccount admission, and the KCM's real controllers
-(Job, garbage collector, namespace, serviceaccount, ...). Pods only run if something binds
-and executes them: see :mod:`testcluster.localnode`.
+(Job, garbage collector, namespace, serviceaccount, ...). Pods only run if a node runs them:
+:mod:`testcluster.realnode` (kubelet + containerd; the API server then listens on the node's
+bridge address, and talks to the kubelet with a client certificate), or the fake
+:mod:`testcluster.localnode`.
 
 The binaries are built from Go modules by ``tools/build-testbin.sh`` into a cache outside
 the repo. See specs/TEST-001-control-plane.md for versions, flags and measured costs.
@@ -46,6 +48,7 @@ __all__ = [
     "ControlPlaneError",
     "Identity",
     "free_port",
+    "issue_certificate",
     "resolve_binaries",
 ]
 
@@ -182,7 +185,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write_pki(d: Path) -> None:
+def _write_pki(d: Path, bind_address: str) -> None:
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     until = now + dt.timedelta(days=2)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -206,7 +209,7 @@ def _write_pki(d: Path) -> None:
     )
     srv_key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        *(x509.IPAddress(ipaddress.ip_address(a)) for a in sorted({"127.0.0.1", bind_address})),
         x509.IPAddress(ipaddress.ip_address("10.0.0.1")),  # the "kubernetes" Service IP
         *(
             x509.DNSName(n)
@@ -256,6 +259,45 @@ def _write_pki(d: Path) -> None:
             (d / name).chmod(0o600)
 
 
+def issue_certificate(
+    pki: Path,
+    name: str,
+    common_name: str,
+    organizations: tuple[str, ...] = (),
+    *,
+    server_ips: tuple[str, ...] = (),
+) -> tuple[Path, Path]:
+    """Sign ``<name>.crt``/``<name>.key`` in ``pki`` with its test CA: a client certificate
+    (user ``common_name`` in groups ``organizations``), or a serving one for ``server_ips``."""
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    subject += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server_ips else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if server_ips:
+        ips = [x509.IPAddress(ipaddress.ip_address(a)) for a in server_ips]
+        builder = builder.add_extension(x509.SubjectAlternativeName(ips), critical=False)
+    crt, key_path = pki / f"{name}.crt", pki / f"{name}.key"
+    crt.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(_pem_key(key))
+    key_path.chmod(0o600)
+    return crt, key_path
+
+
 # Loaded in the parent so the forked child only makes one foreign call (no dlopen locks).
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
@@ -298,6 +340,11 @@ class ControlPlane:
     startup_timeout: float = 120.0
     extra_apiserver_args: tuple[str, ...] = ()
     extra_kcm_args: tuple[str, ...] = ()
+    bind_address: str = "127.0.0.1"
+    """Where kube-apiserver listens: a real node's bridge address, so that pods reach it."""
+    kubelet_client: bool = False
+    """Give kube-apiserver a client certificate for kubelets (logs, exec) and have it verify
+    their serving certificates with the test CA; nodes are reached at their InternalIP."""
 
     tokens: dict[str, str] = field(default_factory=dict, init=False)
     api_port: int = field(default=0, init=False)
@@ -308,7 +355,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.bind_address}:{self.api_port}"
 
     @property
     def ca_path(self) -> Path:
@@ -414,7 +461,7 @@ class ControlPlane:
         t0 = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pki_dir.mkdir(exist_ok=True)
-        _write_pki(self.pki_dir)
+        _write_pki(self.pki_dir, self.bind_address)
         self.tokens = {i.key: secrets.token_urlsafe(24) for i in IDENTITIES}
         # Format: token,user,uid,"group1,group2"
         (self.pki_dir / "tokens.csv").write_text(
@@ -459,8 +506,8 @@ class ControlPlane:
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers={etcd_url}",
                 "--etcd-prefix=/registry",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.bind_address}",
+                f"--advertise-address={self.bind_address}",
                 f"--secure-port={self.api_port}",
                 f"--cert-dir={self.run_dir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -468,7 +515,7 @@ class ControlPlane:
                 f"--client-ca-file={pki / 'ca.crt'}",
                 f"--token-auth-file={pki / 'tokens.csv'}",
                 "--authorization-mode=RBAC",
-                f"--service-account-issuer=https://127.0.0.1:{self.api_port}",
+                f"--service-account-issuer={self.server}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-cluster-ip-range=10.0.0.0/24",
@@ -478,6 +525,7 @@ class ControlPlane:
                 # Don't publish the loopback advertise address as the "kubernetes" Service
                 # endpoints (the reconciler rejects/complains about 127.0.0.1).
                 "--endpoint-reconciler-type=none",
+                *self._kubelet_client_args(),
                 *self.extra_apiserver_args,
             ],
         )
@@ -515,6 +563,23 @@ class ControlPlane:
             token=self.tokens["admin"],
         )
         self.startup_seconds["ready"] = time.monotonic() - t0
+
+    def _kubelet_client_args(self) -> list[str]:
+        if not self.kubelet_client:
+            return []
+        crt, key = issue_certificate(
+            self.pki_dir,
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            ("system:masters",),
+        )
+        return [
+            f"--kubelet-client-certificate={crt}",
+            f"--kubelet-client-key={key}",
+            f"--kubelet-certificate-authority={self.ca_path}",
+            # Otherwise the node's hostname is resolved through the host's resolver.
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
 
     def _write_kubeconfig(self, ident: Identity) -> None:
         # JSON is valid YAML; the kubernetes client, kubectl and kopf all read it.

@@ -45,6 +45,7 @@ from kubernetes import client, config
 
 from .controlplane import IDENTITIES, ControlPlane, resolve_binaries
 from .localnode import LocalNode
+from .realnode import RealNode, interrupt_on_sigterm, plan_real_node
 from .rest import ApiException, Rest
 from .s3 import S3Endpoint, S3Server
 
@@ -98,8 +99,16 @@ class Cluster:
     kubeconfigs: dict[str, Path]
     control_plane: ControlPlane | None = None
     run_dir: Path | None = None
+    real_node: RealNode | None = None
+    """The kubelet + containerd node (local mode, where this machine can run one)."""
     _clients: dict[str, client.ApiClient] = field(default_factory=dict)
     _owned: list[client.ApiClient] = field(default_factory=list)
+
+    @property
+    def host_address(self) -> str:
+        """Where host processes that pods must reach listen (S3, gateways, stubs): the real
+        node's bridge address, else loopback."""
+        return self.real_node.address if self.real_node is not None else "127.0.0.1"
 
     @property
     def identities(self) -> tuple[str, ...]:
@@ -195,16 +204,33 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         c.close()
         return
 
+    yield from _local_cluster(request, summary)
+
+
+def _local_cluster(request: pytest.FixtureRequest, summary: list[str]) -> Iterator[Cluster]:
+    """The local control plane, with the real node where this machine can run one."""
     # Show build-testbin.sh's progress live: a cold build takes minutes (silent if cached).
     capman = request.config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
         binaries = resolve_binaries(REPO_ROOT)
     run_dir = Path(tempfile.mkdtemp(prefix="smartspec-cluster-"))
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        node, why_not = plan_real_node(REPO_ROOT, binaries.kube_apiserver.parent, run_dir / "node")
     cp = ControlPlane(binaries, run_dir)
+    if node is not None:  # the API server listens where pods and the kubelet reach it
+        cp = ControlPlane(binaries, run_dir, bind_address=node.address, kubelet_client=True)
     try:
+        if node is not None:
+            interrupt_on_sigterm()
+            if note := node.prepare_host():
+                summary.append(note)
         cp.start()
-    except Exception:
-        summary.append(f"control plane failed to start; logs kept in {run_dir}")
+        if node is not None:
+            node.start(cp)
+    except BaseException:
+        summary.append(f"cluster failed to start; logs kept in {run_dir}")
+        _stop_node(node, summary)
+        cp.stop()
         raise
     rss = cp.rss()
     summary.append(
@@ -214,18 +240,46 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
         f"{cp.startup_seconds['kube-apiserver']:.1f} s); RSS after start: "
         + ", ".join(f"{k} {_mib(v)}" for k, v in rss.items())
     )
-    c = Cluster("local", cp.kubeconfigs, cp, run_dir)
+    summary.append(_node_line(node, why_not))
+    c = Cluster("local", cp.kubeconfigs, cp, run_dir, real_node=node)
     try:
         yield c
     finally:
         c.close()
         peak = cp.peak_rss()
+        if node is not None:
+            peak |= node.rss("VmHWM")
+        _stop_node(node, summary)
         cp.stop()
         summary.append("peak RSS: " + ", ".join(f"{k} {_mib(v)}" for k, v in peak.items()))
         if request.session.testsfailed or request.config.getoption("--keep-cluster-dir"):
             summary.append(f"control-plane run dir kept (logs, kubeconfigs): {run_dir}")
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _node_line(node: RealNode | None, why_not: str) -> str:
+    if node is None:
+        return (
+            "node: FAKE local node (pods run as host processes, NO container isolation): "
+            f"no real node because {why_not}"
+        )
+    rss = ", ".join(f"{k} {_mib(v)}" for k, v in node.rss().items())
+    return (
+        f"node: REAL kubelet + containerd + runc ({node.name}, bridge {node.address}), "
+        f"Ready {node.startup_seconds['ready']:.1f} s after containerd started "
+        f"(images imported in {node.startup_seconds['images']:.1f} s); RSS: {rss}"
+    )
+
+
+def _stop_node(node: RealNode | None, summary: list[str]) -> None:
+    if node is not None:
+        problems = node.stop()
+        summary.append(
+            f"real node stopped; host NOT fully restored: {problems}"
+            if problems
+            else "real node stopped; host restored (processes, mounts, bridge, cgroups, sysctls)"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -301,10 +355,14 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
 
 
 @pytest.fixture(scope="session")
-def local_node(cluster: Cluster) -> Iterator[LocalNode]:
-    """The test-only local node (runs Pod commands as local processes, NO isolation)."""
+def local_node(cluster: Cluster) -> Iterator[LocalNode | RealNode]:
+    """The node of this machine: the real one (kubelet + containerd) where it runs, else the
+    test-only fake node (runs Pod commands as local processes, NO isolation)."""
     if cluster.mode != "local":
         pytest.skip("the local node only runs with --cluster=local (other clusters have nodes)")
+    if cluster.real_node is not None:
+        yield cluster.real_node
+        return
     # Sandbox commands say `python`: make that this interpreter, whose environment has the
     # smartspec package (the images would have it installed).
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -325,4 +383,12 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
         server.stop()
 
 
-__all__ = ["Cluster", "cluster", "crds", "local_node", "namespace", "s3"]
+@pytest.fixture(scope="session")
+def fake_node(local_node: LocalNode | RealNode) -> LocalNode:
+    """The fake local node, for tests of the fake node itself."""
+    if not isinstance(local_node, LocalNode):
+        pytest.skip("a test of the fake local node: this session runs pods on the real node")
+    return local_node
+
+
+__all__ = ["Cluster", "cluster", "crds", "fake_node", "local_node", "namespace", "s3"]
