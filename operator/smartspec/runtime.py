@@ -5,6 +5,8 @@ Contract: specs/CORE-002-spec-registry.md, section "Configuration".
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from typing import Any
 
 import kopf
@@ -47,7 +49,18 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     # and kubeconfig readers (no client library involved, so nothing else can shadow them).
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        info = kopf.login_with_service_account(**kwargs)
+        if info is None:
+            return kopf.login_with_kubeconfig(**kwargs)
+        # kopf names https://kubernetes.default.svc, which needs cluster DNS; the kubelet's
+        # KUBERNETES_SERVICE_HOST/PORT are what client-go (and our own client) use.
+        host, port = (
+            os.environ.get("KUBERNETES_SERVICE_HOST"),
+            os.environ.get("KUBERNETES_SERVICE_PORT"),
+        )
+        if host and port:
+            info = dataclasses.replace(info, server=f"https://{host}:{port}")
+        return info
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
