@@ -27,6 +27,7 @@ __all__ = [
     "HostRecord",
     "clean_stale",
     "create_bridge",
+    "node_in_use",
     "read_sysctls",
     "record_path",
     "undo",
@@ -221,18 +222,23 @@ def undo(record: HostRecord) -> list[str]:
     return problems
 
 
+def node_in_use() -> str | None:
+    """Why another real node blocks this one (one per machine), or None."""
+    record = HostRecord.load()
+    if record is not None and any(_ours(pid, record.run_dir) for pid in record.pids.values()):
+        return f"a real node already runs here (started by pid {record.owner_pid})"
+    return None
+
+
 def clean_stale() -> str | None:
     """Undo a node whose owner died without cleaning up; returns what was done, or None.
 
     Raises RuntimeError when a node of another live process is running."""
+    if (busy := node_in_use()) is not None:
+        raise RuntimeError(f"{busy}; make cluster-down stops one made by make cluster-up")
     record = HostRecord.load()
     if record is None:
         return None
-    if any(_ours(pid, record.run_dir) for pid in record.pids.values()):
-        raise RuntimeError(
-            f"a real node is running (started by pid {record.owner_pid}, run dir "
-            f"{record.run_dir}; make cluster-down stops one made by make cluster-up)"
-        )
     problems = undo(record)
     record_path().unlink(missing_ok=True)
     done = f"cleaned up a node left by pid {record.owner_pid} ({record.run_dir})"

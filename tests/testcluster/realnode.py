@@ -43,6 +43,7 @@ from .nodehost import (
     HostRecord,
     clean_stale,
     create_bridge,
+    node_in_use,
     read_sysctls,
     record_path,
     undo,
@@ -115,6 +116,8 @@ def real_node_unavailable(repo: Path, k8s_dir: Path) -> tuple[NodeTools | None, 
         reason = "not root (a kubelet, mounts and a bridge need root)"
     elif shutil.which("ip") is None:
         reason = "no `ip` command (iproute2)"
+    elif (busy := node_in_use()) is not None:
+        reason = busy
     else:
         line = _script_output(repo, "build-node.sh")
         if not line.startswith("export SMARTSPEC_NODE_ENV="):
