@@ -41,9 +41,10 @@ verify: lint typecheck contracts $(STAMP) ## every static check, and crds/ and d
 	$(BIN)/smartspec crds --check
 	$(BIN)/smartspec manifests --check
 
-testbin: ## build (or reuse) etcd, kube-apiserver, kube-controller-manager, helm under ~/.cache
+testbin: ## build (or reuse) etcd, kube-apiserver, kube-controller-manager, helm, SeaweedFS under ~/.cache
 	tools/build-testbin.sh
 	tools/build-helm.sh
+	tools/build-seaweedfs.sh
 	tools/build-node.sh
 
 images: ## build the operator, generator and tester images (buildah, docker or podman)

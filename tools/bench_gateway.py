@@ -2,9 +2,9 @@
 
     .venv/bin/python tools/bench_gateway.py [--calls 400] [--stub-latencies-ms 0,1000]
 
-Starts the real test control plane, S3 (moto), a local OpenAI-compatible stub model server
-(in this process) and one `smartspec gateway` process, then measures in the same run, for
-each stub answer delay and at 1, 16 and 64 concurrent calls:
+Starts the real test control plane, S3 (SeaweedFS), a local OpenAI-compatible stub model
+server (in this process) and one `smartspec gateway` process, then measures in the same run,
+for each stub answer delay and at 1, 16 and 64 concurrent calls:
 
 1. base: client -> litellm -> stub (litellm called in-process, as an app without a gateway
    would); gw: client -> gateway -> stub (a plain HTTP client, as the OpenAI SDK in a sandbox
@@ -22,7 +22,7 @@ each stub answer delay and at 1, 16 and 64 concurrent calls:
    (4 writers doing reserve + settle CAS writes directly on one CreditBudget).
 
 Figures print; nothing is asserted (see specs/CORE-003-gateway-and-budgets.md). Everything
-shares this machine's cores: the client, the stub, the gateway, moto and the API server.
+shares this machine's cores: the client, the stub, the gateway, the S3 server and the API server.
 """
 
 from __future__ import annotations
@@ -353,7 +353,7 @@ def run_benchmarks(stack: LocalStack, calls: int, latencies_ms: list[int], work:
     pids = stack.plane.pids()
     client = {"client": os.getpid()}
     behind = {
-        "moto": stack.s3_server.pid,
+        "s3": stack.s3_server.pid,
         "apiserver": pids["kube-apiserver"],
         "etcd": pids["etcd"],
     }

@@ -1,10 +1,10 @@
 """The local demo (`make demo`): the example scenario through the whole pipeline, on this machine.
 
 Starts a real control plane (etcd, kube-apiserver, kube-controller-manager built from Go
-modules), S3 (moto's server), the SmartSpec operator and gateway as processes, and the
-test-only local node, then applies the example CreditBudget, Spec and builtin GenerationRun
-as a platform admin and a builder would, shows the run's progress, and prints its status,
-cost, test results and where the artifacts are.
+modules), a real S3 server (SeaweedFS, built from its Go module), the SmartSpec operator and
+gateway as processes, and the test-only local node, then applies the example CreditBudget,
+Spec and builtin GenerationRun as a platform admin and a builder would, shows the run's
+progress, and prints its status, cost, test results and where the artifacts are.
 
 In this mode sandbox Jobs run as LOCAL PROCESSES with no container isolation (the local node
 of specs/TEST-001-control-plane.md); on a real cluster they run in restricted pods.
@@ -165,18 +165,10 @@ def report(stack: LocalStack, status: dict[str, Any]) -> None:
     say(f"    test report:  {evidence.get('reportUri')}")
     uri = artifacts.get("uri")
     if uri:
-        import boto3  # noqa: PLC0415 (only to list what the run stored)
-
         s3 = stack.s3
         if s3 is None:
             return
-        client = boto3.client(
-            "s3",
-            endpoint_url=s3.endpoint_url,
-            aws_access_key_id=s3.access_key_id,
-            aws_secret_access_key=s3.secret_access_key,
-            region_name=s3.region,
-        )
+        client = s3.client("admin")  # listing is the admin's: the processes' keys cannot list
         prefix = uri.split("/", 3)[3]
         listing = client.list_objects_v2(Bucket=s3.bucket, Prefix=prefix)
         for item in listing.get("Contents", []):

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from smartspec.builders.rbac import BUILDER_ROLE, GATEWAY_ROLE, OPERATOR_ROLE, PLATFORM_ADMIN_ROLE
@@ -150,13 +149,8 @@ def start_operator(
 
 @pytest.fixture
 def s3_client(s3: S3Endpoint) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint_url,
-        aws_access_key_id=s3.access_key_id,
-        aws_secret_access_key=s3.secret_access_key,
-        region_name=s3.region,
-    )
+    """An admin client: the tests' own view of the bucket (the processes get scoped keys)."""
+    return s3.client("admin")
 
 
 # ---------------------------------------------------------------- gateway

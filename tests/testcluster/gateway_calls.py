@@ -12,7 +12,6 @@ import sys
 import time
 from typing import Any
 
-import boto3
 import httpx
 
 from smartspec.gateway.ledger_store import read_segments
@@ -139,12 +138,5 @@ def ledger_entries(s3: S3Endpoint, rest: Rest, namespace: str) -> list[LedgerEnt
     head = (budget_status(rest, namespace).get("ledgerHead") or {}).get("segmentUri")
     if head is None:
         return []
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint_url,
-        aws_access_key_id=s3.access_key_id,
-        aws_secret_access_key=s3.secret_access_key,
-        region_name=s3.region,
-    )
-    store = S3ObjectStore(s3.bucket, endpoint_url=s3.endpoint_url, client=client)
+    store = S3ObjectStore(s3.bucket, endpoint_url=s3.endpoint_url, client=s3.client("admin"))
     return [entry for segment in read_segments(store, head) for entry in segment.entries]

@@ -217,7 +217,7 @@ class OperatorProcess(SmartspecProcess):
         metrics_port, liveness_port = free_port(), free_port()
         env = {
             **os.environ,
-            **s3.env(),
+            **s3.env("operator"),
             "KUBECONFIG": str(kubeconfig or cluster.kubeconfig("operator")),
             "SMARTSPEC_NAMESPACES": json.dumps(namespaces),
             "SMARTSPEC_S3_BUCKET": s3.bucket,
@@ -254,7 +254,7 @@ class GatewayProcess(SmartspecProcess):
         self.port = free_port()
         env = {
             **os.environ,
-            **s3.env(),
+            **s3.env("gateway"),
             "KUBECONFIG": str(kubeconfig or cluster.kubeconfig("gateway")),
             "SMARTSPEC_GATEWAY_CONFIG": str(config_path),
             "SMARTSPEC_GATEWAY_TOKEN_KEYS_FILE": str(keys_path),

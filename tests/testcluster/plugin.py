@@ -18,7 +18,8 @@ the test for them (a kubeconfig cannot carry impersonation for the Python client
 
 Fixtures: ``cluster`` (session), ``crds`` (session; installs ``crds/*.yaml`` and waits for
 Established), ``namespace`` (function; fresh namespace enforcing Pod Security
-"restricted"), ``local_node`` (session; only with ``--cluster=local``), ``s3`` (session).
+"restricted"), ``local_node`` (session; only with ``--cluster=local``), ``s3`` (session:
+SeaweedFS built by ``tools/build-seaweedfs.sh``, one fresh bucket).
 The local control plane's run dir (logs, PKI, kubeconfigs) is kept when a test failed.
 See specs/TEST-001-control-plane.md.
 """
@@ -47,7 +48,7 @@ from .controlplane import IDENTITIES, ControlPlane, resolve_binaries
 from .localnode import LocalNode
 from .realnode import RealNode, interrupt_on_sigterm, plan_real_node
 from .rest import ApiException, Rest
-from .s3 import S3Endpoint, S3Server
+from .s3 import S3Endpoint, S3Server, resolve_weed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODES = ("local", "kind", "existing")
@@ -373,14 +374,37 @@ def local_node(cluster: Cluster) -> Iterator[LocalNode | RealNode]:
 
 
 @pytest.fixture(scope="session")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
-    """A moto S3 server on loopback with one fresh bucket for the session."""
-    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
-    server.start()
+def s3(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[S3Endpoint]:
+    """SeaweedFS on loopback (see :mod:`testcluster.s3`) with one fresh bucket for the session."""
+    summary = request.config.stash[_SUMMARY]
+    # Show build-seaweedfs.sh's progress live: a cold build takes minutes (silent if cached).
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        weed = resolve_weed(REPO_ROOT)
+    run_dir = Path(tempfile.mkdtemp(prefix="smartspec-s3-"))
+    # On the real node's bridge address, where sandbox pods reach it.
+    server = S3Server(
+        weed, run_dir, f"smartspec-test-{secrets.token_hex(4)}", host=cluster.host_address
+    )
     try:
-        yield server.create_bucket(f"smartspec-test-{secrets.token_hex(4)}")
+        endpoint = server.start()
+    except Exception:
+        summary.append(f"S3 server failed to start; its log is kept in {run_dir}")
+        raise
+    summary.append(
+        f"S3: SeaweedFS ({weed.parent.name}) ready in {server.startup_seconds:.1f} s; "
+        f"RSS after start: {_mib(server.rss())}"
+    )
+    try:
+        yield endpoint
     finally:
+        peak = server.rss("VmHWM")
         server.stop()
+        summary.append(f"S3 peak RSS: {_mib(peak)}")
+        if request.session.testsfailed or request.config.getoption("--keep-cluster-dir"):
+            summary.append(f"S3 run dir kept (log, data): {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

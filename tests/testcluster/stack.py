@@ -18,7 +18,7 @@ from .controlplane import ControlPlane, resolve_binaries
 from .harness import apply_documents
 from .plugin import Cluster
 from .rest import ApiException, Rest
-from .s3 import S3Endpoint, S3Server
+from .s3 import S3Endpoint, S3Server, resolve_weed
 
 REPO = Path(__file__).resolve().parents[2]
 BINDINGS = (
@@ -44,9 +44,8 @@ class LocalStack:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.plane = ControlPlane(resolve_binaries(REPO), self.work_dir / "cluster")
         self.plane.start()
-        self.s3_server = S3Server(self.work_dir / "s3.log")
-        self.s3_server.start()
-        self.s3 = self.s3_server.create_bucket(self.bucket)
+        self.s3_server = S3Server(resolve_weed(REPO), self.work_dir / "s3", self.bucket)
+        self.s3 = self.s3_server.start()
         self.cluster = Cluster("local", self.plane.kubeconfigs, self.plane, self.work_dir)
         self._install()
         return self

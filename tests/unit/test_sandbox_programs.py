@@ -3,8 +3,8 @@
 specs/CORE-004-generation-runs.md: "Sandbox contract", "Object layout in S3", "Manifest",
 "Test report" and "Exit codes". The generator and the tester run as subprocesses, exactly
 as in a Job: instructions in SMARTSPEC_INSTRUCTIONS, storage only through presigned URLs
-(boto3 presigns them for moto's server; the subprocesses get no AWS_* variable at all), and
-the model through tests/stubs/openai_stub.py standing in for the gateway.
+(boto3 presigns them for a real S3 server, SeaweedFS; the subprocesses get no AWS_* variable
+at all), and the model through tests/stubs/openai_stub.py standing in for the gateway.
 
 The first sections unit-test the pieces (instructions, transfer, the llm backend) the same
 way: over TCP, never with mocks.
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 
@@ -53,7 +52,7 @@ from smartspec.sandbox.llm import GenerationFailed, generate
 from smartspec.sandbox.transfer import TransferError, download, upload
 from stubs.openai_stub import StubServer
 from testcluster.controlplane import free_port
-from testcluster.s3 import S3Endpoint, S3Server
+from testcluster.s3 import S3Endpoint, S3Server, resolve_weed
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "todo-service" / "spec.yaml"
@@ -68,7 +67,7 @@ FAKE_AWS_KEY_ID = "AKIA" + "IOSFODNN7EXAMPLE"
 
 @dataclass(frozen=True)
 class Bucket:
-    """The moto bucket, through boto3: the test's view of storage, with credentials."""
+    """The test bucket, through boto3: the test's view of storage, with credentials."""
 
     endpoint: S3Endpoint
     client: Any
@@ -101,21 +100,15 @@ class Bucket:
 
 
 @pytest.fixture(scope="module")
-def bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bucket]:
-    server = S3Server(tmp_path_factory.mktemp("moto") / "moto.log")
-    server.start()
-    try:
-        endpoint = server.create_bucket(f"smartspec-sandbox-{secrets.token_hex(4)}")
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint.endpoint_url,
-            region_name=endpoint.region,
-            aws_access_key_id=endpoint.access_key_id,
-            aws_secret_access_key=endpoint.secret_access_key,
-        )
-        yield Bucket(endpoint, client)
-    finally:
-        server.stop()
+def bucket() -> Iterator[Bucket]:
+    with tempfile.TemporaryDirectory(prefix="smartspec-s3-") as run_dir:
+        bucket_name = f"smartspec-sandbox-{secrets.token_hex(4)}"
+        server = S3Server(resolve_weed(REPO), Path(run_dir), bucket_name)
+        endpoint = server.start()
+        try:
+            yield Bucket(endpoint, endpoint.client("admin"))
+        finally:
+            server.stop()
 
 
 @dataclass(frozen=True)
