@@ -1,14 +1,22 @@
-"""Write-once object storage (CORE-002, "Snapshots"), against moto's in-process S3."""
+"""Write-once object storage (CORE-002, "Snapshots"), against moto's in-process S3.
+
+moto checks none of the conditions of a presigned POST: these tests only read the policy we
+sign. tests/integration/test_storage_boundaries.py sends requests to a real S3 server.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
 from moto import mock_aws
 
+from smartspec.logic.upload_policy import UPLOAD_MAX_OBJECT_BYTES
 from smartspec.storage import (
     InMemoryObjectStore,
     ObjectStore,
@@ -18,12 +26,13 @@ from smartspec.storage import (
 )
 
 BUCKET = "smartspec-unit"
+SIGV4 = Config(signature_version="s3v4")  # as S3ObjectStore builds its own client
 
 
 @pytest.fixture
 def s3_client() -> Iterator[Any]:
     with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
+        client = boto3.client("s3", region_name="us-east-1", config=SIGV4)
         client.create_bucket(Bucket=BUCKET)
         yield client
 
@@ -74,7 +83,7 @@ async def test_async_path_of_the_memory_store_keeps_the_contract() -> None:
 def test_presigned_urls_carry_no_long_lived_secret(s3_client: Any) -> None:
     store = S3ObjectStore(BUCKET, client=s3_client)
     url = store.presign_get("ns/runs/r/uid/attempt-1/manifest.json", 600)
-    assert "X-Amz-Expires=600" in url or "Expires=" in url
+    assert "X-Amz-Expires=600" in url
     assert "smartspec-unit" in url
     upload = store.presign_upload("ns/runs/r/uid/attempt-1/", 600)
     assert upload["keyPrefix"] == "ns/runs/r/uid/attempt-1/"
@@ -82,3 +91,28 @@ def test_presigned_urls_carry_no_long_lived_secret(s3_client: Any) -> None:
     assert "key" not in upload["fields"], "the sandbox names each key under the prefix"
     with pytest.raises(ValueError, match="must end with /"):
         store.presign_upload("ns/runs/r", 600)
+
+
+def test_urls_and_policies_are_signed_with_sigv4() -> None:
+    """botocore's default presigns with SigV2, which newer AWS regions refuse."""
+    with mock_aws():
+        store = S3ObjectStore(BUCKET, region="eu-central-1")
+        url = store.presign_get("ns/runs/r/uid/attempt-1/manifest.json", 600)
+        upload = store.presign_upload("ns/runs/r/uid/attempt-1/", 600)
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url
+    assert "Signature=" not in url.replace("X-Amz-Signature=", "")
+    assert upload["fields"]["x-amz-algorithm"] == "AWS4-HMAC-SHA256"
+
+
+def test_the_upload_policy_pins_prefix_size_and_expiry(s3_client: Any) -> None:
+    store = S3ObjectStore(BUCKET, client=s3_client)
+    upload = store.presign_upload("ns/runs/r/uid/attempt-1/", 600, max_bytes=1000)
+    fields = {name.lower(): value for name, value in upload["fields"].items()}
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    assert ["starts-with", "$key", "ns/runs/r/uid/attempt-1/"] in policy["conditions"]
+    assert ["content-length-range", 0, 1000] in policy["conditions"]
+    assert "expiration" in policy
+    default = store.presign_upload("ns/runs/r/uid/attempt-1/", 600)
+    fields = {name.lower(): value for name, value in default["fields"].items()}
+    conditions = json.loads(base64.b64decode(fields["policy"]))["conditions"]
+    assert ["content-length-range", 0, UPLOAD_MAX_OBJECT_BYTES] in conditions

@@ -25,6 +25,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from smartspec.logic.upload_policy import UPLOAD_MAX_OBJECT_BYTES, upload_conditions
+
 
 class StorageError(RuntimeError):
     """The store could not be read or written (retryable)."""
@@ -81,10 +83,19 @@ class S3ObjectStore:
             "s3",
             endpoint_url=endpoint_url,
             region_name=region,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            # SigV4 explicitly: botocore presigns with the deprecated SigV2 by default, whose
+            # URLs newer AWS regions refuse and whose lifetime no server caps.
+            config=Config(
+                signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"}
+            ),
         )
         self._region = self._client.meta.region_name or "us-east-1"
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client (the storage self-check probes with the same credentials)."""
+        return self._client
 
     def put_if_absent(self, key: str, body: bytes, content_type: str) -> bool:
         checksum = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
@@ -163,14 +174,15 @@ class S3ObjectStore:
         )
         return url
 
-    def presign_upload(self, key_prefix: str, expires_seconds: int) -> dict[str, Any]:
-        """A presigned POST allowing any key under `key_prefix` (CORE-004 "upload")."""
-        if not key_prefix.endswith("/"):
-            raise ValueError("an upload prefix must end with /")
+    def presign_upload(
+        self, key_prefix: str, expires_seconds: int, max_bytes: int = UPLOAD_MAX_OBJECT_BYTES
+    ) -> dict[str, Any]:
+        """A presigned POST allowing any key under `key_prefix`, objects up to `max_bytes`
+        (CORE-004 "upload"); the backend must enforce it (`smartspec storage check`)."""
         post = self._client.generate_presigned_post(
             Bucket=self.bucket,
             Key=key_prefix + "${filename}",
-            Conditions=[["starts-with", "$key", key_prefix]],
+            Conditions=upload_conditions(key_prefix, max_bytes),
             ExpiresIn=expires_seconds,
         )
         fields = {k: v for k, v in post["fields"].items() if k != "key"}
