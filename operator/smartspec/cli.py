@@ -9,6 +9,7 @@ Subcommands:
 - `operator`  run the operator (kopf), configured by SMARTSPEC_* environment variables
 - `gateway`   run the LLM gateway, configured by SMARTSPEC_* environment variables
 - `ledger verify`  check a CreditBudget's hash-chained ledger against its spentCredits
+- `storage check`  probe the bucket for conditional writes, `..` keys and upload policies
 - `demo`      validate and print the example scenario (`make demo` runs it end to end)
 """
 
@@ -107,6 +108,15 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--budget", default="default", help="CreditBudget name (default: default)")
     verify.set_defaults(handler=_run_ledger_verify)
 
+    storage = commands.add_parser("storage", help="storage tools")
+    storage_commands = storage.add_subparsers(
+        dest="storage_command", metavar="COMMAND", required=True
+    )
+    check = storage_commands.add_parser(
+        "check", help="probe the bucket for the guarantees SmartSpec relies on (exit 1: broken)"
+    )
+    check.set_defaults(handler=_run_storage_check)
+
     demo = commands.add_parser("demo", help="walk through the example scenario")
     demo.add_argument(
         "--example", type=Path, default=DEFAULT_EXAMPLE, help="example directory to use"
@@ -132,6 +142,7 @@ def _run_operator(arguments: argparse.Namespace) -> int:
     # Imported here so the pure commands (crds, validate) start without kopf and boto3.
     from smartspec.runtime import run_operator  # noqa: PLC0415
     from smartspec.settings import OperatorSettings  # noqa: PLC0415
+    from smartspec.storage import StorageError  # noqa: PLC0415
 
     settings = _load_settings(OperatorSettings, "operator")
     if settings is None:
@@ -140,6 +151,9 @@ def _run_operator(arguments: argparse.Namespace) -> int:
         run_operator(settings)
     except (InvalidTokenKeysError, OSError) as error:
         print(f"the operator cannot start: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except StorageError as error:
+        print(f"the operator cannot start: storage self-check: {error}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -204,6 +218,32 @@ def _run_ledger_verify(arguments: argparse.Namespace) -> int:
         print(f"  problem: {problem}", file=sys.stderr)
     print("ledger OK" if report.ok else "ledger BROKEN")
     return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def _run_storage_check(arguments: argparse.Namespace) -> int:
+    from smartspec.logic.storage_check import describe, failures  # noqa: PLC0415
+    from smartspec.storage import S3ObjectStore, StorageError  # noqa: PLC0415
+    from smartspec.storage.self_check import run_self_check  # noqa: PLC0415
+
+    bucket = os.environ.get("SMARTSPEC_S3_BUCKET")
+    if not bucket:
+        print("set SMARTSPEC_S3_BUCKET (and SMARTSPEC_S3_ENDPOINT_URL if not AWS)", file=sys.stderr)
+        return EXIT_USAGE
+    store = S3ObjectStore(
+        bucket,
+        endpoint_url=os.environ.get("SMARTSPEC_S3_ENDPOINT_URL"),
+        region=os.environ.get("SMARTSPEC_S3_REGION", "us-east-1"),
+    )
+    try:
+        results = run_self_check(store)
+    except StorageError as error:
+        print(f"cannot check s3://{bucket}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    for line in describe(results):
+        print(line)
+    broken = failures(results)
+    print(f"s3://{bucket}: " + (f"{len(broken)} check(s) FAILED" if broken else "storage OK"))
+    return EXIT_FAILURE if broken else EXIT_OK
 
 
 def _run_crds(arguments: argparse.Namespace) -> int:

@@ -15,12 +15,14 @@ from prometheus_client import start_http_server
 from smartspec.builders.jobs import LocalModelSettings, SandboxSettings
 from smartspec.kube.client import KubeClient, load_configuration
 from smartspec.logic.run_tokens import parse_token_keys
+from smartspec.logic.storage_check import CheckResult, describe, failures
 from smartspec.observability.logs import configure_logging, get_logger
 from smartspec.reconcilers.budgets import register_budget_handlers
 from smartspec.reconcilers.runs import RunContext, register_run_handlers
 from smartspec.reconcilers.specs import SpecRegistryContext, register_spec_handlers
 from smartspec.settings import OperatorSettings
-from smartspec.storage import S3ObjectStore
+from smartspec.storage import S3ObjectStore, StorageError
+from smartspec.storage.self_check import StorageCheckError, run_self_check
 
 # kopf keeps its bookkeeping in annotations under our own prefix; status stays ours alone.
 ANNOTATION_PREFIX = "smartspec.dev"
@@ -107,9 +109,31 @@ def build_run_context(settings: OperatorSettings, store: S3ObjectStore) -> RunCo
     )
 
 
+def check_storage(settings: OperatorSettings) -> None:
+    """The storage self-check (CORE-004): a failure stops the start, or is logged (`warn`)."""
+    store = S3ObjectStore(
+        settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+    )
+    try:
+        results = run_self_check(store)
+    except StorageError as error:
+        results = [CheckResult("reachable", False, str(error))]
+    failed = failures(results)
+    if not failed:
+        log.info("Storage self-check passed", bucket=settings.s3_bucket, checks=len(results))
+        return
+    lines = describe(failed)
+    if settings.s3_self_check == "enforce":
+        log.error("Storage self-check failed", bucket=settings.s3_bucket, failed=lines)
+        raise StorageCheckError("; ".join(lines))
+    log.warning("Storage self-check failed (SMARTSPEC_S3_SELF_CHECK=warn)", failed=lines)
+
+
 def run_operator(settings: OperatorSettings) -> None:
-    """Run until SIGTERM/SIGINT."""
+    """Run until SIGTERM/SIGINT; StorageCheckError when the bucket fails the self-check."""
     configure_logging(settings.log_level)
+    registry = build_registry(settings)  # local configuration errors first, then the probes
+    check_storage(settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port)
     log.info(
@@ -119,7 +143,7 @@ def run_operator(settings: OperatorSettings) -> None:
         peering=settings.peering or "standalone",
     )
     kopf.run(
-        registry=build_registry(settings),
+        registry=registry,
         standalone=settings.peering is None,
         peering_name=settings.peering,
         clusterwide=not settings.namespaces,

@@ -69,6 +69,8 @@ class OperatorSettings(BaseSettings):
     port, gpu_count, node_selector, tolerations, resources, env; see builders.jobs)."""
     url_ttl_seconds: int = Field(default=7200, ge=60, le=7 * 86400)
     """Lifetime of the presigned storage URLs handed to sandboxes."""
+    s3_self_check: Literal["enforce", "warn"] = "enforce"
+    """What a failed storage self-check at start-up does: refuse to start, or log a warning."""
 
 
 class GatewaySettings(BaseSettings):

@@ -367,6 +367,23 @@ def test_existing_secrets_are_used_not_created(production_docs: list[Doc]) -> No
     ]
 
 
+def test_operator_and_gateway_can_hold_separate_s3_credentials(helm: Path) -> None:
+    """Each process's own Secret, scoped to its key areas (CORE-004, "Storage")."""
+    docs = render(
+        helm,
+        *values("production-values.yaml"),
+        "--set",
+        "s3.operatorCredentialsSecret=s3-operator,s3.gatewayCredentialsSecret=s3-gateway",
+    )
+
+    def sources(suffix: str) -> list[str]:
+        container = one(docs, "Deployment", suffix)["spec"]["template"]["spec"]["containers"][0]
+        return [source["secretRef"]["name"] for source in container["envFrom"]]
+
+    assert sources("-operator") == ["s3-operator"]
+    assert sources("-gateway") == ["s3-gateway", "smartspec-providers"]
+
+
 # ---------------------------------------------------------------- generated manifests
 
 
