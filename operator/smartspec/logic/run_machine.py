@@ -72,6 +72,10 @@ class JobState(StrEnum):
     SUSPENDED = "Suspended"
 
 
+OOM_KILLED = "OOMKilled"
+"""A container's termination reason when its memory cgroup ran out (kubelet's wording)."""
+
+
 @dataclass(frozen=True)
 class JobObservation:
     """A sandbox Job as the reconciler saw it (with its pod's exit code when finished)."""
@@ -109,6 +113,8 @@ class ReportObservation:
     requirements_covered: int
     requirements_total: int
     all_passed: bool
+    error: str | None = None
+    """Why the tests gave no result (pytest killed at the time limit, or crashed), if so."""
 
 
 class ActionKind(StrEnum):
@@ -451,12 +457,18 @@ def _advance_testing(
         status.completion_time = now
         decision.events.append(EventRecord("Normal", Reason.TESTS_PASSED, message))
         return
+    if job.reason == OOM_KILLED:
+        message = "the test container ran out of memory (OOMKilled at its memory limit)"
+        _attempt_error(run, now, decision, Reason.OOM_KILLED, message)
+        return
     if report is not None and job.exit_code == ExitCode.TESTS_FAILED:
         attempt.result = AttemptResult.FAILED
         attempt.feedback_digest = report.summary_sha256
         attempt.finished_at = now
         total = report.passed + report.failed
         message = f"attempt {attempt.number}: {report.failed} of {total} tests failed"
+        if report.error is not None:
+            message = f"attempt {attempt.number}: {report.error}"
         _set(decision, ConditionType.TESTED, "False", why=(Reason.TESTS_FAILED, message), now=now)
         decision.events.append(EventRecord("Warning", Reason.TESTS_FAILED, message))
         _next_attempt_or_fail(run, now, decision, Reason.ATTEMPTS_EXHAUSTED, message)
@@ -469,7 +481,10 @@ def _attempt_failed_in_generation(
     run: GenerationRun, job: JobObservation, now: datetime, decision: Decision
 ) -> None:
     detail = job.message or job.reason or "the generator Job failed"
-    if job.reason == "DeadlineExceeded":
+    if job.reason == OOM_KILLED:
+        message = "the generator container ran out of memory (OOMKilled at its memory limit)"
+        _attempt_error(run, now, decision, Reason.OOM_KILLED, message)
+    elif job.reason == "DeadlineExceeded":
         _attempt_error(
             run, now, decision, Reason.ATTEMPT_TIMEOUT, "the attempt exceeded its deadline"
         )

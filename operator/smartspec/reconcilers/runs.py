@@ -48,6 +48,7 @@ from smartspec.logic.object_keys import (
     attempt_prefix,
 )
 from smartspec.logic.run_machine import (
+    OOM_KILLED,
     Action,
     ActionKind,
     BudgetObservation,
@@ -249,6 +250,8 @@ def _job_observation(job: Mapping[str, Any], pod_state: Mapping[str, Any] | None
         return JobObservation(JobState.SUCCEEDED, exit_code=exit_code or 0, message=message)
     if "Failed" in conditions:
         reason = str(conditions["Failed"].get("reason", ""))
+        if pod_state and pod_state.get("reason") == OOM_KILLED:
+            reason = OOM_KILLED  # the memory limit ended it, whatever the Job controller says
         return JobObservation(
             JobState.FAILED, exit_code=exit_code, reason=reason, message=message, refusal=refusal
         )
@@ -293,6 +296,10 @@ def _read_report(store: S3ObjectStore, prefix: str, spec_name: str) -> ReportObs
     requirements = summary.get("requirements") or {}
     passed = int(tests.get("passed", 0))
     failed = int(tests.get("failed", 0)) + int(tests.get("errors", 0))
+    # A pytest session that gave no result (killed at the time limit, crashed) says why in
+    # its "(pytest session)" failure.
+    session = [f for f in summary.get("failures") or [] if f.get("test") == "(pytest session)"]
+    error = str(session[0].get("message", "")).split("\n", 1)[0] if session else None
     return ReportObservation(
         report_uri=store.uri(prefix + REPORT_SUMMARY_KEY),
         summary_sha256=digest,
@@ -302,6 +309,7 @@ def _read_report(store: S3ObjectStore, prefix: str, spec_name: str) -> ReportObs
         requirements_covered=sum(1 for item in requirements.values() if item.get("passed")),
         requirements_total=len(requirements),
         all_passed=summary.get("result") == "passed" and passed > 0 and failed == 0,
+        error=error if summary.get("result") == "error" else None,
     )
 
 

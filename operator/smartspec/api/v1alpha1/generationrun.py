@@ -75,6 +75,8 @@ class Reason(StrEnum):
     TESTS_FAILED = "TestsFailed"
     ATTEMPTS_EXHAUSTED = "AttemptsExhausted"
     ATTEMPT_TIMEOUT = "AttemptTimeout"
+    OOM_KILLED = "OOMKilled"
+    """A sandbox container reached its memory limit and was killed."""
     RUN_TIMEOUT = "RunTimeout"
     SUSPENDED = "Suspended"
     SECRET_DETECTED = "SecretDetected"  # noqa: S105 (a reason name, not a secret)
