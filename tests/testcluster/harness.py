@@ -122,6 +122,8 @@ class SmartspecProcess:
 
     command = ""
     probe_path = "/healthz"
+    host = "127.0.0.1"
+    """Where its probe and metrics ports answer."""
 
     def __init__(self, log_path: Path, env: dict[str, str], probe_port: int, metrics_port: int):
         self.log_path = log_path
@@ -155,7 +157,7 @@ class SmartspecProcess:
             )
         try:
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.probe_port}{self.probe_path}", timeout=2
+                f"http://{self.host}:{self.probe_port}{self.probe_path}", timeout=2
             ) as response:
                 return bool(response.status == 200)
         except OSError:
@@ -189,7 +191,7 @@ class SmartspecProcess:
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample from the process's /metrics (0 when absent)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        url = f"http://{self.host}:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
         wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
@@ -252,13 +254,15 @@ class GatewayProcess(SmartspecProcess):
         kubeconfig: Path | None = None,
     ) -> None:
         self.port = free_port()
+        # The real node's bridge address where there is one: sandbox pods call the gateway.
+        self.host = cluster.host_address
         env = {
             **os.environ,
             **s3.env("gateway"),
             "KUBECONFIG": str(kubeconfig or cluster.kubeconfig("gateway")),
             "SMARTSPEC_GATEWAY_CONFIG": str(config_path),
             "SMARTSPEC_GATEWAY_TOKEN_KEYS_FILE": str(keys_path),
-            "SMARTSPEC_GATEWAY_HOST": "127.0.0.1",
+            "SMARTSPEC_GATEWAY_HOST": self.host,
             "SMARTSPEC_GATEWAY_PORT": str(self.port),
             "SMARTSPEC_GATEWAY_REPLICA": replica,
             "SMARTSPEC_S3_BUCKET": s3.bucket,
@@ -273,4 +277,4 @@ class GatewayProcess(SmartspecProcess):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
