@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lint typecheck contracts crds verify testbin images unit test demo clean
+.PHONY: help venv lint typecheck contracts crds verify testbin images unit test demo cluster-up cluster-down clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,8 +56,14 @@ unit: $(STAMP) ## unit tests only (no cluster)
 test: verify testbin ## static checks, then every test (unit + real control plane)
 	$(BIN)/pytest
 
-demo: $(STAMP) testbin ## the example through the whole pipeline on a local control plane
+demo: $(STAMP) testbin ## the example through the whole pipeline (on cluster-up's real node where it can run)
 	$(BIN)/python tools/demo.py
+
+cluster-up: $(STAMP) testbin ## control plane, real node, S3, images, chart by helm; prints KUBECONFIG=
+	$(BIN)/python tools/cluster.py up
+
+cluster-down: $(STAMP) ## stop cluster-up's cluster and restore the host
+	$(BIN)/python tools/cluster.py down
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -12,6 +12,7 @@ specs/TEST-001-control-plane.md, "Real node".
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ __all__ = [
     "HOST_PATHS",
     "KUBELET_SYSCTLS",
     "HostRecord",
+    "claim_node",
     "clean_stale",
     "create_bridge",
     "node_in_use",
@@ -220,6 +222,19 @@ def undo(record: HostRecord) -> list[str]:
     for created in record.created:
         shutil.rmtree(created, ignore_errors=True)
     return problems
+
+
+def claim_node() -> int | None:
+    """An exclusive lock on this machine's one real node, held while the returned file
+    descriptor stays open (the kernel drops it when its process dies); None when taken."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    fd = os.open(STATE_DIR / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def node_in_use() -> str | None:

@@ -41,6 +41,7 @@ from .nodeconfig import (
 from .nodehost import (
     HOST_PATHS,
     HostRecord,
+    claim_node,
     clean_stale,
     create_bridge,
     node_in_use,
@@ -142,7 +143,12 @@ def real_node_unavailable(repo: Path, k8s_dir: Path) -> tuple[NodeTools | None, 
 def plan_real_node(repo: Path, k8s_dir: Path, run_dir: Path) -> tuple[RealNode | None, str]:
     """A RealNode ready for :meth:`RealNode.prepare_host`, or None and why not."""
     tools, reason = real_node_unavailable(repo, k8s_dir)
-    return (RealNode(tools, run_dir), "") if tools is not None else (None, reason)
+    if tools is None:
+        return None, reason
+    lock = claim_node()
+    if lock is None:
+        return None, "another session is starting or running the real node (one per machine)"
+    return RealNode(tools, run_dir, lock=lock), ""
 
 
 def interrupt_on_sigterm() -> None:
@@ -166,6 +172,8 @@ class RealNode:
     startup_seconds: dict[str, float] = field(default_factory=dict)
     _record: HostRecord | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    lock: int | None = None
+    """The machine's node lock (nodehost.claim_node), released by stop()."""
     _admin: Rest | None = None
     _imported: set[str] = field(default_factory=set)
 
@@ -225,6 +233,9 @@ class RealNode:
         if record is not None and record.run_dir == str(self.run_dir):
             record_path().unlink(missing_ok=True)
         self._record = None
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
         return problems
 
     def ensure_images(self, *names: str) -> None:
