@@ -239,6 +239,7 @@ class S3Server:
             "-s3.autoCreateBucket=false",
             "-disableHttp",
             "-master.volumeSizeLimitMB=64",
+            "-volume.preStopSeconds=0",  # nothing to drain: stop in 0.5 s, not 1.5 s
         ]
 
     def _env(self) -> dict[str, str]:
