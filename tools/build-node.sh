@@ -5,16 +5,21 @@
 # binaries. See specs/TEST-001-control-plane.md, "Real node".
 #
 #   Debian packages, installed with apt-get when missing (root only):
-#     runc, containernetworking-plugins (bridge, host-local, loopback), buildah, mmdebstrap
+#     runc, containernetworking-plugins (bridge, host-local, loopback), buildah, mmdebstrap,
+#     iptables, ipset and nftables (the NetworkPolicy enforcer below, and removing its tables)
 #   containerd $CONTAINERD_VERSION (containerd, ctr, containerd-shim-runc-v2), built with
 #     `go install` from the module proxy: Kubernetes 1.35 is the last release that supports
 #     containerd 1.x, and Debian 12's 1.6.20 is past containerd's end of life (2025-08-23)
 #   the pause image, compiled from upstream's build/pause/linux/pause.c inside the
 #     k8s.io/kubernetes module that tools/build-testbin.sh downloaded, and packed by buildah
+#   kube-router $KUBE_ROUTER_VERSION, whose firewall alone (no router, no service proxy) is the
+#     NetworkPolicy enforcer of the egress tests: iptables + ipset, which kernels without
+#     NFT_QUEUE still have (the newest version the module proxy serves here)
 #
 # Output, outside the repo and keyed by version:
 #   ${SMARTSPEC_TESTBIN:-$HOME/.cache/smartspec/testbin}/containerd-vX.Y.Z/{containerd,ctr,containerd-shim-runc-v2}
 #   ${SMARTSPEC_TESTBIN:-$HOME/.cache/smartspec/testbin}/pause-k8s-vX.Y.Z/pause.oci.tar
+#   ${SMARTSPEC_TESTBIN:-$HOME/.cache/smartspec/testbin}/kube-router-vX.Y.Z/kube-router
 #   ${SMARTSPEC_TESTBIN:-$HOME/.cache/smartspec/testbin}/node.env   (CONTAINERD_DIR=..., PAUSE_IMAGE=...)
 # Each step is skipped when its output is current.
 #
@@ -29,7 +34,8 @@
 set -euo pipefail
 
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
-PACKAGES="runc containernetworking-plugins buildah mmdebstrap"
+KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
+PACKAGES="runc containernetworking-plugins buildah mmdebstrap iptables ipset nftables"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 ROOT="${SMARTSPEC_TESTBIN:-$HOME/.cache/smartspec/testbin}"
 FORCE=0 QUIET=0
@@ -155,12 +161,34 @@ else
 	log "pause image $PAUSE_IMAGE: $PAUSE_DIR/pause.oci.tar"
 fi
 
+# ---------------------------------------------------------------- kube-router
+KR_DIR="$ROOT/kube-router-$KUBE_ROUTER_VERSION"
+if [ "$FORCE" = 0 ] && [ -x "$KR_DIR/kube-router" ] && "$KR_DIR/kube-router" --version 2>/dev/null | grep -q "$KUBE_ROUTER_VERSION"; then
+	log "kube-router $KUBE_ROUTER_VERSION cached in $KR_DIR (skip)"
+else
+	QUIET=0
+	start=$(date +%s)
+	mod=github.com/cloudnativelabs/kube-router/v2
+	tmp="$KR_DIR.tmp.$$"
+	rm -rf "$tmp" && mkdir -p "$tmp"
+	log "building kube-router $KUBE_ROUTER_VERSION (go install; ~1.5 min on 2 cores)"
+	(cd "$ROOT" && GOBIN="$tmp" "$GO" install -trimpath \
+		-ldflags "-s -w -X $mod/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+		"$mod/cmd/kube-router@$KUBE_ROUTER_VERSION") >"$tmp/build.log" 2>&1 || {
+		tail -30 "$tmp/build.log" >&2
+		die "go install kube-router $KUBE_ROUTER_VERSION failed (full log: $tmp/build.log)"
+	}
+	rm -rf "$KR_DIR" && mv "$tmp" "$KR_DIR"
+	log "  built in $(($(date +%s) - start)) s"
+fi
+
 cat >"$ROOT/node.env" <<EOF
 CONTAINERD_DIR=$CTR_DIR
 RUNC=$RUNC
 CNI_BIN_DIR=$CNI_DIR
 PAUSE_IMAGE=$PAUSE_IMAGE
 PAUSE_ARCHIVE=$PAUSE_DIR/pause.oci.tar
+KUBE_ROUTER=$KR_DIR/kube-router
 EOF
 log "env file: $ROOT/node.env"
 echo "export SMARTSPEC_NODE_ENV=$ROOT/node.env"

@@ -29,9 +29,11 @@ __all__ = [
     "claim_node",
     "clean_stale",
     "create_bridge",
+    "nft_tables",
     "node_in_use",
     "read_sysctls",
     "record_path",
+    "remove_enforcer_rules",
     "undo",
 ]
 
@@ -67,6 +69,10 @@ class HostRecord:
     of their configuration (the shims' socket dir, the kubelet's device-plugin dir)."""
     pids: dict[str, int] = field(default_factory=dict)
     """Processes this node started (containerd, kubelet, kube-scheduler, ...), by name."""
+    enforcer: str | None = None
+    """kube-router's path while its firewall runs: its rules and sets are removed on undo."""
+    nft_tables: list[str] = field(default_factory=list)
+    """The nftables tables before the enforcer started (iptables-nft adds `ip filter`)."""
 
     def save(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -115,7 +121,14 @@ def _alive(pid: int) -> bool:
 
 
 # Processes the node starts, directly or through containerd (comm is cut at 15 characters).
-NODE_COMMANDS = ("containerd", "containerd-shim", "kubelet", "kube-scheduler", "runc")
+NODE_COMMANDS = (
+    "containerd",
+    "containerd-shim",
+    "kubelet",
+    "kube-scheduler",
+    "runc",
+    "kube-router",
+)
 
 
 def _ours(pid: int, run_dir: str) -> bool:
@@ -192,6 +205,69 @@ def _unmount_all(prefixes: tuple[str, ...]) -> list[str]:
     return _mounts_under(prefixes)
 
 
+# kube-router's firewall: its chains and ipsets (its --cleanup-config leaves the per-pod and
+# per-policy ones behind).
+ENFORCER_CHAINS = ("KUBE-ROUTER-", "KUBE-POD-FW-", "KUBE-NWPLCY-")
+ENFORCER_SETS = ("KUBE-SRC-", "KUBE-DST-", "kube-router-")
+
+
+def _enforcer_restore_script(saved: str) -> str:
+    """An iptables-restore --noflush script removing the enforcer's jumps and chains."""
+    script: list[str] = []
+    table, deletes, chains = "", list[str](), list[str]()
+    for line in [*saved.splitlines(), "*end"]:
+        if line.startswith("*"):
+            if table and (deletes or chains):
+                script += [f"*{table}", *deletes, *(f"-F {c}" for c in chains)]
+                script += [*(f"-X {c}" for c in chains), "COMMIT"]
+            table, deletes, chains = line[1:], [], []
+        elif line.startswith(":") and line[1:].startswith(ENFORCER_CHAINS):
+            chains.append(line[1:].split()[0])
+        elif line.startswith("-A "):
+            chain, target = line.split()[1], line.rpartition(" -j ")[2].split(" ")[0]
+            if target.startswith(ENFORCER_CHAINS) and not chain.startswith(ENFORCER_CHAINS):
+                deletes.append("-D " + line[3:])
+    return "\n".join(script) + "\n" if script else ""
+
+
+def nft_tables() -> list[str]:
+    """The host's nftables tables ("family name"), where iptables-nft keeps its rules."""
+    return sorted(
+        line.removeprefix("table ") for line in _run("nft", "list", "tables").stdout.splitlines()
+    )
+
+
+def _drop_new_empty_tables(before: list[str]) -> None:
+    """Delete the tables iptables-nft created for the enforcer, once no rule is left in them."""
+    for table in set(nft_tables()) - set(before):
+        listing = _run("nft", "list", "table", *table.split()).stdout.splitlines()
+        rules = [
+            line
+            for line in listing
+            if line.strip() and not line.strip().startswith(("table ", "chain ", "type ", "}"))
+        ]
+        if not rules:
+            _run("nft", "delete", "table", *table.split())
+
+
+def remove_enforcer_rules(kube_router: str, tables_before: list[str]) -> list[str]:
+    """Remove every iptables chain and ipset of kube-router's, and the nftables tables made for
+    them; returns what is left, if any."""
+    _run(kube_router, "--cleanup-config")
+    script = _enforcer_restore_script(_run("iptables-save").stdout)
+    if script:
+        subprocess.run(["iptables-restore", "--noflush"], input=script, text=True, check=False)
+    for name in _run("ipset", "list", "-n").stdout.split():
+        if name.startswith(ENFORCER_SETS):
+            _run("ipset", "destroy", name)
+    _drop_new_empty_tables(tables_before)
+    saved = _run("iptables-save").stdout
+    left = [c for c in ENFORCER_CHAINS if c in saved]
+    left += [f"nftables table {t}" for t in set(nft_tables()) - set(tables_before)]
+    left += [s for s in _run("ipset", "list", "-n").stdout.split() if s.startswith(ENFORCER_SETS)]
+    return [f"enforcer left: {item}" for item in left]
+
+
 def undo(record: HostRecord) -> list[str]:
     """Put the host back as the record found it; returns what could not be undone."""
     problems: list[str] = []
@@ -200,6 +276,8 @@ def undo(record: HostRecord) -> list[str]:
     _stop([p for p in record.pids.values() if _ours(p, record.run_dir)], grace=10)
     _stop(_pids_in_cgroups(), grace=5)
     _stop(_pids_using(record.run_dir), grace=5)
+    if record.enforcer is not None:
+        problems += remove_enforcer_rules(record.enforcer, record.nft_tables)
     left = _unmount_all((record.run_dir, *record.created))
     left += _unmount_all(tuple(str(p) for p in Path("/run/netns").glob("cni-*")))
     problems += [f"still mounted: {m}" for m in left]

@@ -44,9 +44,11 @@ from .nodehost import (
     claim_node,
     clean_stale,
     create_bridge,
+    nft_tables,
     node_in_use,
     read_sysctls,
     record_path,
+    remove_enforcer_rules,
     undo,
 )
 from .rest import ApiException, Rest
@@ -77,6 +79,8 @@ class NodeTools:
     k8s_dir: Path
     repo: Path
     """The checkout: tools/build-images.sh builds the project's images from it."""
+    kube_router: Path
+    """The NetworkPolicy enforcer (its firewall alone), started only by the tests that need it."""
 
     def kube(self, name: str) -> Path:
         return self.k8s_dir / name
@@ -136,6 +140,7 @@ def real_node_unavailable(repo: Path, k8s_dir: Path) -> tuple[NodeTools | None, 
         pause_archive=Path(env["PAUSE_ARCHIVE"]),
         k8s_dir=k8s_dir,
         repo=repo,
+        kube_router=Path(env["KUBE_ROUTER"]),
     )
     return tools, ""
 
@@ -218,6 +223,7 @@ class RealNode:
 
     def stop(self) -> list[str]:
         """Stop everything and put the host back; returns what could not be undone."""
+        left = self.stop_enforcer() if "kube-router" in self._procs else []
         # The kubelet first: it would restart what is stopped under it.
         for name in ("kubelet", "kube-scheduler", "containerd"):
             proc = self._procs.pop(name, None)
@@ -229,7 +235,7 @@ class RealNode:
                     proc.kill()
                     proc.wait(5)
         record = self._record or HostRecord.load()
-        problems = undo(record) if record is not None else []
+        problems = left + (undo(record) if record is not None else [])
         if record is not None and record.run_dir == str(self.run_dir):
             record_path().unlink(missing_ok=True)
         self._record = None
@@ -267,6 +273,57 @@ class RealNode:
             )
             if result.returncode != 0:
                 raise RuntimeError(f"ctr import {reference} from {archive}: {result.stderr}")
+
+    def start_enforcer(self, kubeconfig: Path) -> None:
+        """kube-router's NetworkPolicy firewall (no routing, no service proxy), until
+        :meth:`stop_enforcer`; returns once its chains are in iptables."""
+        assert self._record is not None
+        self._record.enforcer = str(self.tools.kube_router)
+        self._record.nft_tables = nft_tables()
+        self._record.save()
+        # A copy in the run dir: its command line then names the run dir, as every node
+        # process's does (nodehost finds them by it).
+        own_kubeconfig = self.run_dir / "kube-router.kubeconfig"
+        shutil.copy(kubeconfig, own_kubeconfig)
+        self._spawn(
+            "kube-router",
+            [
+                str(self.tools.kube_router),
+                f"--kubeconfig={own_kubeconfig}",
+                f"--hostname-override={self.name}",
+                "--run-firewall=true",
+                "--run-router=false",
+                "--run-service-proxy=false",
+                "--enable-cni=false",
+                "--health-port=0",
+                "--metrics-port=0",
+            ],
+        )
+
+        def synced() -> bool:
+            rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
+            return "KUBE-ROUTER-FORWARD" in rules.stdout
+
+        self._wait("kube-router's firewall", synced)
+
+    def stop_enforcer(self) -> list[str]:
+        """Stop kube-router and remove every iptables rule and ipset it made; returns what
+        could not be removed."""
+        proc = self._procs.pop("kube-router", None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        before = self._record.nft_tables if self._record is not None else []
+        left = remove_enforcer_rules(str(self.tools.kube_router), before)
+        if self._record is not None:
+            self._record.pids.pop("kube-router", None)
+            self._record.enforcer = None
+            self._record.save()
+        return left
 
     def logs(self, namespace: str, name: str) -> str:
         """A pod's log, through the API server and the kubelet (as kubectl logs)."""
