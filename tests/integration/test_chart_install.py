@@ -4,8 +4,8 @@
 Operator's, whose CRDs this control plane does not have) is POSTed object by object with
 the admin identity, into a fresh namespace enforcing Pod Security "restricted".
 Deployments, and a Pod made of each one's template, are validated with a server-side dry
-run only: their pods would need the SmartSpec image, which this machine cannot pull
-(no registry access, no container runtime), so they are never created. Everything else is
+run only here (with any node); test_chart_helm.py installs the chart with the real helm and
+runs those pods from the built image on the real node. Everything else is
 created for real: the CRDs (Established), the ClusterRoles (which the API server accepts
 only if their rules are well-formed), the ValidatingAdmissionPolicy (its CEL compiled by the
 server, with no type-checking warnings) and its binding, Service, ConfigMap, HPA, PDB.
