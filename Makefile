@@ -41,7 +41,7 @@ verify: lint typecheck contracts $(STAMP) ## every static check, and crds/ and d
 	$(BIN)/smartspec crds --check
 	$(BIN)/smartspec manifests --check
 
-testbin: ## build (or reuse) etcd, kube-apiserver, kube-controller-manager, helm, SeaweedFS under ~/.cache
+testbin: ## build (or reuse) etcd, Kubernetes, helm, SeaweedFS and the real node's tools under ~/.cache
 	tools/build-testbin.sh
 	tools/build-helm.sh
 	tools/build-seaweedfs.sh
