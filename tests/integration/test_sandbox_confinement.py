@@ -104,7 +104,9 @@ def _probe(rest: Rest, namespace: str, role: SandboxRole) -> dict[str, Any]:
     job = build(
         run, 1, settings, instructions_secret=secret["metadata"]["name"], deadline_seconds=120
     )
-    job["metadata"].pop("ownerReferences", None)  # the run object is not in the API
+    # The run object is not in the API: owned by it, the garbage collector would delete both.
+    job["metadata"].pop("ownerReferences", None)
+    secret["metadata"].pop("ownerReferences", None)
     container = job["spec"]["template"]["spec"]["containers"][0]
     container["command"] = ["python", "-c", PROBE]
     rest.post(f"/api/v1/namespaces/{namespace}/secrets", secret)
