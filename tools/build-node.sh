@@ -163,7 +163,8 @@ fi
 
 # ---------------------------------------------------------------- kube-router
 KR_DIR="$ROOT/kube-router-$KUBE_ROUTER_VERSION"
-if [ "$FORCE" = 0 ] && [ -x "$KR_DIR/kube-router" ] && "$KR_DIR/kube-router" --version 2>/dev/null | grep -q "$KUBE_ROUTER_VERSION"; then
+# It prints its version on stderr.
+if [ "$FORCE" = 0 ] && [ -x "$KR_DIR/kube-router" ] && "$KR_DIR/kube-router" --version 2>&1 | grep -q " $KUBE_ROUTER_VERSION,"; then
 	log "kube-router $KUBE_ROUTER_VERSION cached in $KR_DIR (skip)"
 else
 	QUIET=0
