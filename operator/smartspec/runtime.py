@@ -6,18 +6,22 @@ Contract: specs/CORE-002-spec-registry.md, section "Configuration".
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import socket
 from typing import Any
 
 import kopf
 from prometheus_client import start_http_server
 
+from smartspec.builders.events import REPORTING_COMPONENT
 from smartspec.builders.jobs import LocalModelSettings, SandboxSettings
 from smartspec.kube.client import KubeClient, load_configuration
+from smartspec.kube.events import EventRecorder
 from smartspec.logic.run_tokens import parse_token_keys
 from smartspec.logic.storage_check import CheckResult, describe, failures
 from smartspec.observability.logs import configure_logging, get_logger
-from smartspec.reconcilers.budgets import register_budget_handlers
+from smartspec.reconcilers.budgets import BudgetContext, register_budget_handlers
 from smartspec.reconcilers.runs import RunContext, register_run_handlers
 from smartspec.reconcilers.specs import SpecRegistryContext, register_spec_handlers
 from smartspec.settings import OperatorSettings
@@ -37,15 +41,19 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     store = S3ObjectStore(
         settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
     )
+    keys = read_token_keys(settings)  # first: a bad key file stops the start at once
+    kube = KubeClient(load_configuration())
+    events = EventRecorder(kube, reporting_instance=socket.gethostname())
     register_spec_handlers(
         registry,
         SpecRegistryContext(
-            store=store, dependency_recheck_seconds=settings.dependency_recheck_seconds
+            store=store,
+            events=events,
+            dependency_recheck_seconds=settings.dependency_recheck_seconds,
         ),
     )
-
-    register_budget_handlers(registry)
-    register_run_handlers(registry, build_run_context(settings, store))
+    register_budget_handlers(registry, BudgetContext(kube=kube, events=events))
+    register_run_handlers(registry, build_run_context(settings, store, kube, events, keys))
 
     # A fresh registry has none of kopf's default login handlers; use kopf's own in-cluster
     # and kubeconfig readers (no client library involved, so nothing else can shadow them).
@@ -73,23 +81,37 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
         )
         settings.persistence.finalizer = FINALIZER
-        settings.posting.level = 20  # logging.INFO: post Normal and Warning Events
+        # The reconcilers post their own Events, once per transition; kopf posts only its
+        # handler failures, under the operator's name.
+        settings.posting.level = logging.WARNING
+        settings.posting.reporting_component = REPORTING_COMPONENT
+        settings.posting.reporting_instance = socket.gethostname()
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
 
     return registry
 
 
-def build_run_context(settings: OperatorSettings, store: S3ObjectStore) -> RunContext:
+def read_token_keys(settings: OperatorSettings) -> tuple[bytes, ...]:
+    """The run-token keys (none without a key file: llm runs then wait for them)."""
+    if settings.token_keys_file is None:
+        return ()
+    # The gateway parses the same file with the same function: both refuse a bad one.
+    text = settings.token_keys_file.read_text(encoding="utf-8")
+    return parse_token_keys(text, str(settings.token_keys_file))
+
+
+def build_run_context(
+    settings: OperatorSettings,
+    store: S3ObjectStore,
+    kube: KubeClient,
+    events: EventRecorder,
+    keys: tuple[bytes, ...],
+) -> RunContext:
     """Clients and sandbox settings of the run reconciler, from the operator settings."""
-    keys: tuple[bytes, ...] = ()
-    if settings.token_keys_file is not None:
-        # The gateway parses the same file with the same function: both refuse a bad one.
-        keys = parse_token_keys(
-            settings.token_keys_file.read_text(encoding="utf-8"), str(settings.token_keys_file)
-        )
     return RunContext(
-        kube=KubeClient(load_configuration()),
+        kube=kube,
+        events=events,
         store=store,
         sandbox=SandboxSettings(
             generator_image=settings.generator_image,

@@ -51,6 +51,16 @@ class Rest:
     def get(self, path: str, **query: Any) -> Obj:
         return self.request("GET", path, query=query)
 
+    def table(self, path: str) -> Obj:
+        """The server-side table `kubectl get` prints (printer columns and their cells)."""
+        accept = "application/json;as=Table;v=v1;g=meta.k8s.io"
+        resp = self._send("GET", path, None, query=None, timeout=None, accept=accept)
+        data = resp.read()
+        if not 200 <= resp.status <= 299:
+            raise ApiException.from_response(http_resp=resp, body=None, data=None)
+        table: Obj = json.loads(data)
+        return table
+
     def text(self, path: str) -> str:
         """A non-JSON GET, such as the API server's /metrics."""
         resp = self._send("GET", path, None, query=None, content_type="text/plain", timeout=None)
@@ -107,8 +117,9 @@ class Rest:
         query: Mapping[str, Any] | None,
         content_type: str = "application/json",
         timeout: float | None,
+        accept: str = "application/json",
     ) -> Any:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type}
         params = [(k, v) for k, v in (query or {}).items() if v is not None]
         _, url, headers, body, _ = self.api_client.param_serialize(
             method=method,

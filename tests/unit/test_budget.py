@@ -12,6 +12,7 @@ from smartspec.logic.budget import (
     BudgetAccountingError,
     DemandWindow,
     LeaseRequest,
+    accounting_to_open,
     budget_conditions,
     crossed_thresholds,
     period_bounds,
@@ -237,3 +238,24 @@ def test_demand_window_refuses_a_window_that_is_not_whole_buckets(
 ) -> None:
     with pytest.raises(ValueError, match="multiple of the bucket"):
         DemandWindow(window_ms=window_ms, bucket_ms=bucket_ms)
+
+
+def test_a_budget_no_gateway_wrote_opens_with_its_whole_limit() -> None:
+    spec = CreditBudgetSpec.model_validate(
+        {"limitCredits": 2_000, "period": {"type": "Daily", "timeZone": "Europe/Berlin"}}
+    )
+    now = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    opened = accounting_to_open(spec, None, now)
+    assert opened == {
+        "spentCredits": 0,
+        "reservedCredits": 0,
+        "remainingCredits": 2_000,
+        "periodStart": "2026-11-30T23:00:00Z",
+        "periodEnd": "2026-12-01T23:00:00Z",
+    }
+    written = CreditBudgetStatus.model_validate(opened)
+    assert accounting_to_open(spec, written, now) is None
+    raised = spec.model_copy(update={"limit_credits": 3_000})
+    assert accounting_to_open(raised, written, now) == {"remainingCredits": 3_000}
+    spent = written.model_copy(update={"spent_credits": 2_500, "reserved_credits": 0})
+    assert accounting_to_open(spec, spent, now) == {"remainingCredits": 0}

@@ -235,6 +235,34 @@ class DemandWindow:
             del self._buckets[bucket]
 
 
+def accounting_to_open(
+    spec: CreditBudgetSpec, status: CreditBudgetStatus | None, now: datetime
+) -> dict[str, object] | None:
+    """The accounting fields a budget should show before any gateway has written it, or after
+    its limit changed; None when the status is already current.
+
+    A new budget shows 0 spent, 0 reserved, the whole limit remaining and the current
+    period, instead of empty columns until its first model call; a changed limit shows in
+    remainingCredits at once. The gateway remains the writer of every change of spent and
+    reserved credits: this only fills what is missing or derived (wire names, for a merge
+    patch written with a resourceVersion precondition).
+    """
+    current = status or CreditBudgetStatus()
+    if current.period_start is None:
+        start, end = period_bounds(spec.period, now)
+        return {
+            "spentCredits": 0,
+            "reservedCredits": 0,
+            "remainingCredits": spec.limit_credits,
+            "periodStart": start.isoformat().replace("+00:00", "Z"),
+            "periodEnd": end.isoformat().replace("+00:00", "Z") if end else None,
+        }
+    remaining = remaining_credits(spec, current)
+    if current.remaining_credits != remaining:
+        return {"remainingCredits": remaining}
+    return None
+
+
 def crossed_thresholds(spec: CreditBudgetSpec, spent: int, already: list[int]) -> list[int]:
     """Soft thresholds reached by `spent` this period (integer percent arithmetic)."""
     reached = {

@@ -32,6 +32,7 @@ from smartspec.api.v1alpha1.generationrun import (
 )
 from smartspec.api.v1alpha1.spec import Lifecycle
 from smartspec.logic.conditions import set_condition
+from smartspec.logic.events import EventRecord
 from smartspec.logic.naming import generator_job_name, test_job_name
 
 # The run's reason when the gateway's refusal ended an attempt: retrying cannot help.
@@ -129,13 +130,6 @@ class ActionKind(StrEnum):
 class Action:
     kind: ActionKind
     attempt: int = 0
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass

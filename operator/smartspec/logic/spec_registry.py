@@ -34,6 +34,7 @@ from smartspec.api.v1alpha1.spec import (
 )
 from smartspec.logic.canonical import canonical_json, content_hash
 from smartspec.logic.conditions import set_condition
+from smartspec.logic.events import EventRecord
 from smartspec.logic.spec_lint import (
     MISSING_DEPENDENCY,
     SECRET_DETECTED,
@@ -204,21 +205,24 @@ def status_changed(before: SpecStatus | None, after: SpecStatus) -> bool:
     return before is None or before.to_wire() != after.to_wire()
 
 
-def events_for(evaluation: SpecEvaluation, snapshot: SnapshotOutcome) -> list[tuple[str, str, str]]:
-    """(type, reason, message) Events describing what this reconcile did."""
-    events: list[tuple[str, str, str]] = []
+def events_for(evaluation: SpecEvaluation, snapshot: SnapshotOutcome) -> list[EventRecord]:
+    """The Events describing what this reconcile did."""
+    events: list[EventRecord] = []
     if evaluation.is_new_revision:
         events.append(
-            (
+            EventRecord(
                 "Normal",
                 "RevisionObserved",
                 f"revision {evaluation.revision}: {evaluation.content_hash}",
             )
         )
     if not evaluation.valid:
-        events.append(("Warning", evaluation.valid_reason.value, evaluation.valid_message))
+        events.append(
+            EventRecord("Warning", evaluation.valid_reason.value, evaluation.valid_message)
+        )
     if snapshot.created and snapshot.uri is not None:
-        events.append(("Normal", Reason.SNAPSHOT_STORED.value, f"stored {snapshot.uri}"))
+        stored = f"stored {snapshot.uri}"
+        events.append(EventRecord("Normal", Reason.SNAPSHOT_STORED.value, stored))
     if snapshot.error is not None:
-        events.append(("Warning", Reason.SNAPSHOT_FAILED.value, snapshot.error))
+        events.append(EventRecord("Warning", Reason.SNAPSHOT_FAILED.value, snapshot.error))
     return events

@@ -26,7 +26,13 @@ from smartspec.api.manifests import ManifestError, parse_manifest
 from smartspec.api.sandbox import parse_result_line
 from smartspec.api.v1alpha1 import GROUP, VERSION
 from smartspec.api.v1alpha1.creditbudget import CreditBudget
-from smartspec.api.v1alpha1.generationrun import PLURAL, Backend, GenerationRun
+from smartspec.api.v1alpha1.generationrun import (
+    PLURAL,
+    Backend,
+    GenerationRun,
+    GenerationRunStatus,
+    Usage,
+)
 from smartspec.builders.instructions import build_generator_instructions, build_tester_instructions
 from smartspec.builders.jobs import (
     SandboxRole,
@@ -39,7 +45,9 @@ from smartspec.builders.jobs import (
     local_model_for,
 )
 from smartspec.kube.client import ConflictError, KubeClient, KubeError, NotFoundError
+from smartspec.kube.events import EventRecorder
 from smartspec.logic.budget import model_allowed
+from smartspec.logic.canonical import canonical_json
 from smartspec.logic.naming import generator_job_name, test_job_name
 from smartspec.logic.object_keys import (
     FILES_PREFIX,
@@ -80,6 +88,7 @@ class RunContext:
     """What the run handlers need from the process."""
 
     kube: KubeClient
+    events: EventRecorder
     store: S3ObjectStore
     sandbox: SandboxSettings
     token_keys: tuple[bytes, ...]
@@ -122,7 +131,10 @@ async def reconcile_run(body: kopf.Body, patch: kopf.Patch, context: RunContext)
             log.warning("GenerationRun does not parse", problems=error.problems)
             outcome.value = "invalid"
             return
-        if not isinstance(resource, GenerationRun) or is_terminal(resource):
+        if not isinstance(resource, GenerationRun):
+            return
+        await _open_usage(body, resource, context)
+        if is_terminal(resource):
             return
         try:
             observations = await gather(resource, context)
@@ -130,7 +142,43 @@ async def reconcile_run(body: kopf.Body, patch: kopf.Patch, context: RunContext)
             await act(resource, decision, context)
         except (KubeError, StorageError) as error:
             raise kopf.TemporaryError(str(error), delay=5) from error
+        await _report(body, resource, decision, context)
         _write(body, patch, resource, decision)
+
+
+async def _report(
+    body: kopf.Body, run: GenerationRun, decision: Decision, context: RunContext
+) -> None:
+    """Post the decision's Events, each named by the state the run is leaving, so that
+    reconciles which start from the same status report a transition once."""
+    before = (run.status or GenerationRunStatus()).to_wire()
+    before.pop("usage", None)  # the gateway's, and no part of the run's phase
+    state = f"{run.metadata.generation}:{canonical_json(before).decode()}"
+    for event in decision.events:
+        await context.events.record(body, event, transition=state)
+
+
+async def _open_usage(body: kopf.Body, run: GenerationRun, context: RunContext) -> None:
+    """Show a run's usage as zero before any model call (a builtin run never makes one).
+
+    `usage` is the gateway's: it adds to it with compare-and-swap writes. This one write is
+    conditional on the resourceVersion read, so it can never overwrite what a gateway wrote
+    first; on a conflict the change that caused it brings the run back here.
+    """
+    if run.status is not None and run.status.usage is not None:
+        return
+    metadata = body.get("metadata", {})
+    path = f"{API}/namespaces/{metadata['namespace']}/{PLURAL}/{metadata['name']}/status"
+    patch = {
+        "metadata": {"resourceVersion": metadata["resourceVersion"]},
+        "status": {"usage": Usage().to_wire()},
+    }
+    try:
+        await context.kube.merge_patch(path, patch)
+    except ConflictError:
+        log.debug("Run changed before its usage was opened")
+    except KubeError as error:
+        raise kopf.TemporaryError(f"cannot open the run's usage: {error}", delay=5) from error
 
 
 # ---------------------------------------------------------------- gather
@@ -500,9 +548,6 @@ def _write(body: kopf.Body, patch: kopf.Patch, run: GenerationRun, decision: Dec
         for key, value in wanted.items():
             if labels.get(key) != value:
                 patch.metadata.setdefault("labels", {})[key] = value
-    for event in decision.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-        log.info("Run event", reason=event.reason, message=event.message)
     _observe(run, decision)
 
 

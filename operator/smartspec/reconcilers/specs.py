@@ -28,7 +28,9 @@ from smartspec.api.v1alpha1.spec import (
     Spec,
     SpecStatus,
 )
+from smartspec.kube.events import EventRecorder
 from smartspec.logic.conditions import set_condition
+from smartspec.logic.events import EventRecord
 from smartspec.logic.object_keys import spec_snapshot_key
 from smartspec.logic.spec_lint import KnownSpec, known_spec
 from smartspec.logic.spec_registry import (
@@ -56,6 +58,7 @@ class SpecRegistryContext:
     """What the handlers need from the process: the store and the recheck period."""
 
     store: ObjectStore
+    events: EventRecorder
     dependency_recheck_seconds: int
 
 
@@ -73,7 +76,7 @@ def register_spec_handlers(registry: kopf.OperatorRegistry, context: SpecRegistr
     @kopf.on.update(GROUP, VERSION, PLURAL, id=HANDLER_ID, registry=registry)
     async def reconcile(*, body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         known = _known_specs(body, kwargs[INDEX_ID])
-        await reconcile_spec(body, patch, known, context.store)
+        await reconcile_spec(body, patch, known, context)
 
     @kopf.timer(
         GROUP,
@@ -86,7 +89,7 @@ def register_spec_handlers(registry: kopf.OperatorRegistry, context: SpecRegistr
     )
     async def recheck(*, body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         known = _known_specs(body, kwargs[INDEX_ID])
-        await reconcile_spec(body, patch, known, context.store)
+        await reconcile_spec(body, patch, known, context)
 
 
 def _known_specs(body: kopf.Body, index: kopf.Index[Any, KnownSpec]) -> dict[str, KnownSpec]:
@@ -113,34 +116,41 @@ async def reconcile_spec(
     body: kopf.Body,
     patch: kopf.Patch,
     known_specs: Mapping[str, KnownSpec],
-    store: ObjectStore,
+    context: SpecRegistryContext,
 ) -> None:
     """One reconcile of one Spec: the whole flow, written to `patch` and Events."""
     with reconcile_scope("Spec", body, "spec"):
-        await _reconcile(body, patch, known_specs, store)
+        await _reconcile(body, patch, known_specs, context)
 
 
 async def _reconcile(
     body: kopf.Body,
     patch: kopf.Patch,
     known_specs: Mapping[str, KnownSpec],
-    store: ObjectStore,
+    context: SpecRegistryContext,
 ) -> None:
     now = datetime.now(UTC)
+    # Every reconcile re-evaluates the whole Spec, so its Events are reported once per
+    # content the Spec holds, not once per reconcile.
+    state = f"generation {body.get('metadata', {}).get('generation')}"
     try:
         resource = parse_manifest(body, "Spec")
     except ManifestError as error:
         # The API server validated the same schema, so this is a model-only rule (such as an
         # unknown time zone): report it, do not retry until the object changes.
-        _write_unparseable(body, patch, error, now)
+        message = _write_unparseable(body, patch, error, now)
+        warning = EventRecord("Warning", Reason.LINT_FAILED.value, message)
+        await context.events.record(body, warning, transition=state)
         return
     assert isinstance(resource, Spec)  # noqa: S101 (parse_manifest dispatches on kind)
 
     evaluation = evaluate_spec(resource, known_specs)
-    snapshot = await _store_snapshot(resource, evaluation, store)
+    snapshot = await _store_snapshot(resource, evaluation, context.store)
     status = next_status(resource, evaluation, snapshot, now)
     _write_status(patch, resource.status, status)
-    _record(body, evaluation, snapshot)
+    _record(evaluation)
+    for event in events_for(evaluation, snapshot):
+        await context.events.record(body, event, transition=f"{state} {evaluation.content_hash}")
     if snapshot.error is not None:
         raise kopf.TemporaryError(snapshot.error, delay=SNAPSHOT_RETRY_SECONDS)
 
@@ -182,7 +192,8 @@ def _write_status(patch: kopf.Patch, before: SpecStatus | None, after: SpecStatu
 
 def _write_unparseable(
     body: kopf.Body, patch: kopf.Patch, error: ManifestError, now: datetime
-) -> None:
+) -> str:
+    """Report a Spec the model refuses in its status; returns the message."""
     previous = SpecStatus.model_validate(body.get("status") or {}) if body.get("status") else None
     generation = body.get("metadata", {}).get("generation")
     findings = [
@@ -214,11 +225,11 @@ def _write_unparseable(
     )
     _write_status(patch, previous, status)
     log.warning("Spec does not parse", problems=error.problems)
-    kopf.warn(body, reason=Reason.LINT_FAILED.value, message=message)
+    return message
 
 
-def _record(body: kopf.Body, evaluation: SpecEvaluation, snapshot: SnapshotOutcome) -> None:
-    """Logs, metrics and Events for what happened; never any matched secret text."""
+def _record(evaluation: SpecEvaluation) -> None:
+    """Logs and metrics for what happened; never any matched secret text."""
     if evaluation.is_new_revision:
         metrics.SPEC_REVISIONS.inc()
         log.info(
@@ -232,8 +243,6 @@ def _record(body: kopf.Body, evaluation: SpecEvaluation, snapshot: SnapshotOutco
             valid=evaluation.valid,
             findings=[f"{f.severity.value} {f.code} at {f.path}" for f in evaluation.findings],
         )
-    for event_type, reason, message in events_for(evaluation, snapshot):
-        kopf.event(body, type=event_type, reason=reason, message=message)
 
 
 __all__ = [
