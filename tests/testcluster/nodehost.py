@@ -274,7 +274,7 @@ def undo(record: HostRecord) -> list[str]:
     # Daemons first (by the PIDs we started), then whatever still runs from our run dir or
     # in our cgroups: container processes and containerd's shims.
     _stop([p for p in record.pids.values() if _ours(p, record.run_dir)], grace=10)
-    _stop(_pids_in_cgroups(), grace=5)
+    _stop(_pids_in_cgroups(), grace=0)  # test containers: no graceful shutdown to wait for
     _stop(_pids_using(record.run_dir), grace=5)
     if record.enforcer is not None:
         problems += remove_enforcer_rules(record.enforcer, record.nft_tables)
