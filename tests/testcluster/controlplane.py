@@ -166,10 +166,13 @@ def resolve_binaries(
     return Binaries.from_dirs(Path(values["K8S_TESTBIN"]), Path(values["ETCD_TESTBIN"]))
 
 
-def free_port() -> int:
-    """A currently free loopback TCP port (the kernel picks it; a tiny reuse race remains)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port currently free on `host` (the kernel picks it; a tiny reuse race remains).
+
+    Ask on the address that will be bound: a port free on loopback can be some connection's
+    local port on the real node's bridge address (a gateway failed to start on one)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
 
@@ -472,7 +475,7 @@ class ControlPlane:
         )
         (self.pki_dir / "tokens.csv").chmod(0o600)
         etcd_port, peer_port = free_port(), free_port()
-        self.api_port, kcm_port = free_port(), free_port()
+        self.api_port, kcm_port = free_port(self.bind_address), free_port()
         for ident in IDENTITIES:
             self._write_kubeconfig(ident)
         self.startup_seconds = {"pki": time.monotonic() - t0}

@@ -253,9 +253,9 @@ class GatewayProcess(SmartspecProcess):
         extra_env: dict[str, str] | None = None,
         kubeconfig: Path | None = None,
     ) -> None:
-        self.port = free_port()
         # The real node's bridge address where there is one: sandbox pods call the gateway.
         self.host = cluster.host_address
+        self.port = free_port(self.host)
         env = {
             **os.environ,
             **s3.env("gateway"),

@@ -192,7 +192,7 @@ class S3Server:
     def start(self) -> S3Endpoint:
         started = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = {name: free_port() for name in _PORTS}
+        self.ports = {name: free_port(self.host) for name in _PORTS}
         self.credentials = {name: S3Credentials.fresh(name) for name in IDENTITIES}
         config = self.run_dir / "s3.json"
         config.write_text(json.dumps(self._s3_config()))
