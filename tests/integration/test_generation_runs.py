@@ -187,7 +187,7 @@ def stub_model_reply(body: dict[str, Any]) -> str:
     spec_json = user.split("canonical JSON:\n", 1)[1].split("\n\nRequirement ids:", 1)[0]
     spec = SpecSpec.model_validate({**json.loads(spec_json), "lifecycle": "Draft"})
     generation = builtin.generate(spec)
-    fixed = "A previous attempt was generated and tested" in user
+    fixed = "failed (TestsFailed)" in user
     files = []
     for item in generation.files:
         content = item.content.decode()
@@ -236,8 +236,9 @@ def test_llm_run_fails_then_fixes_itself_from_test_feedback(
     assert first["feedbackDigest"].startswith("sha256:")
     prompts = [request["messages"][-1]["content"] for request in stub.requests]
     assert len(prompts) == 2
-    assert "A previous attempt was generated and tested" in prompts[1]
-    assert "A previous attempt" not in prompts[0]
+    assert "Attempt 1 failed (TestsFailed)." in prompts[1]
+    assert "=== app.py" in prompts[1], "the files to repair are in the prompt"
+    assert "Attempt 1 failed" not in prompts[0]
 
     def settled_budget() -> dict[str, Any] | None:
         budget = admin.get(f"{API}/{tenant}/creditbudgets/default").get("status") or {}

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import urllib3
 
+from smartspec.api.sandbox import UploadPolicy
 from smartspec.logic.object_keys import attempt_prefix, spec_snapshot_key
 from smartspec.logic.upload_policy import upload_conditions
-from smartspec.sandbox.instructions import UploadPolicy
 from smartspec.sandbox.transfer import upload
 from smartspec.storage import S3ObjectStore, StorageIntegrityError
 from testcluster.s3 import S3Endpoint

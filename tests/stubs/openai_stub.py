@@ -17,7 +17,10 @@ Failures are scripted at run time:
 - `fail_models`: model -> status, failing every request for that model (fallback tests).
 - `default_status`: a status to fail every request with once the script is empty.
 - a script item "not-json" answers 200 with an HTML page (a proxy's error), not JSON;
-  "no-usage" answers normally but without the usage object (servers that omit it).
+  "no-usage" answers normally but without the usage object (servers that omit it);
+  "stall" waits `stall_seconds` before answering (a call past the client's timeout);
+  a `Reply` answers with its own content (a string, or made from the request) and finish
+  reason: prose, broken JSON, an empty or a truncated answer, code that fails its tests.
 - `delay_seconds`: wait this long before answering (timeouts, benchmarks).
 
 In-process use, from sync tests (a background thread runs its own event loop):
@@ -48,9 +51,18 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-__all__ = ["ScriptItem", "StubServer", "default_reply", "error_body"]
+__all__ = ["Reply", "ScriptItem", "StubServer", "default_reply", "error_body"]
 
-ScriptItem = int | Literal["ok", "not-json", "no-usage"]
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer: its content (or a function of the request) and finish reason."""
+
+    content: str | Callable[[dict[str, Any]], str]
+    finish_reason: str = "stop"
+
+
+ScriptItem = int | Literal["ok", "not-json", "no-usage", "stall"] | Reply
 
 CREATED = 1_700_000_000
 """The fixed `created` timestamp of every answer, so transcripts are reproducible."""
@@ -93,7 +105,10 @@ class StubServer:
     default_status: int | None = None
     reply_fn: Callable[[dict[str, Any]], str] = default_reply
     delay_seconds: float = 0.0
+    stall_seconds: float = 3600.0
     retry_after_seconds: int = 0
+    model_extras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Extra fields of a model's /v1/models entry (a gateway's capabilities, say)."""
     requests: list[dict[str, Any]] = field(default_factory=list)
     """Every JSON body received on /v1/chat/completions, in order."""
     request_headers: list[dict[str, str]] = field(default_factory=list)
@@ -211,7 +226,18 @@ class StubServer:
         step = self._next_step()
         if isinstance(step, web.Response):
             return step
+        if step == "stall":
+            await asyncio.sleep(self.stall_seconds)
         answer = self._completion(body, model, messages, max_tokens)
+        if isinstance(step, Reply):
+            content = step.content(body) if callable(step.content) else step.content
+            choice = answer["choices"][0]
+            choice["message"] = {"role": "assistant", "content": content}
+            choice["finish_reason"] = step.finish_reason
+            answer["usage"]["completion_tokens"] = max(1, len(content) // 4)
+            answer["usage"]["total_tokens"] = (
+                answer["usage"]["prompt_tokens"] + answer["usage"]["completion_tokens"]
+            )
         if step == "no-usage":
             del answer["usage"]
         return web.json_response(answer)
@@ -229,7 +255,13 @@ class StubServer:
 
     async def _list_models(self, request: web.Request) -> web.Response:
         data = [
-            {"id": name, "object": "model", "created": CREATED, "owned_by": "smartspec-stub"}
+            {
+                "id": name,
+                "object": "model",
+                "created": CREATED,
+                "owned_by": "smartspec-stub",
+                **self.model_extras.get(name, {}),
+            }
             for name in self.models
         ]
         return web.json_response({"object": "list", "data": data})

@@ -29,6 +29,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from smartspec import cli
+from smartspec.api.sandbox import TESTER_MODULES
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
@@ -335,3 +336,16 @@ def test_sandbox_image_installs_what_its_program_imports(image: str) -> None:
         timeout=120,
     )
     assert result.returncode == 0, f"{image}: {result.stderr[-2000:]}"
+
+
+def test_the_code_check_knows_what_the_tester_image_provides() -> None:
+    # The generator refuses code importing modules the tester cannot import; that list
+    # must be exactly the top-level modules of what the tester image installs.
+    installed = dependency_closure(installed_requirements("tester"))
+    owners = importlib.metadata.packages_distributions()
+    modules = {
+        module
+        for module, dists in owners.items()
+        if any(canonicalize_name(dist) in installed for dist in dists)
+    }
+    assert modules == TESTER_MODULES

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smartspec.gateway.config import ConfigError, load_gateway_config
+from smartspec.gateway.config import ConfigError, GatewayConfig, load_gateway_config
+from smartspec.gateway.server import structured_output_models
 
 
 def write(tmp_path: Path, route: dict[str, object]) -> Path:
@@ -56,3 +57,22 @@ def test_bad_transports_are_refused_with_the_reason(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_gateway_config(write(tmp_path, route))
+
+
+def test_models_that_enforce_a_json_schema_are_advertised() -> None:
+    config = GatewayConfig.model_validate(
+        {
+            "models": [
+                {"name": "gpt-4o-mini", "litellmModel": "openai/gpt-4o-mini"},
+                {"name": "told", "litellmModel": "openai/x", "structuredOutput": True},
+                {"name": "denied", "litellmModel": "openai/gpt-4o", "structuredOutput": False},
+                # One deployment that does not enforce it spoils the model: a call may land
+                # on it.
+                {"name": "mixed", "litellmModel": "openai/a", "structuredOutput": True},
+                {"name": "mixed", "litellmModel": "openai/b", "structuredOutput": False},
+                {"name": "unknown", "litellmModel": "openai/unknown"},
+            ]
+        }
+    )
+    cost_map = {"gpt-4o-mini": {"supports_response_schema": True}, "denied": {}}
+    assert structured_output_models(config, cost_map) == {"gpt-4o-mini", "told"}

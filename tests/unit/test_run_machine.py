@@ -11,6 +11,7 @@ import yaml
 
 from smartspec.api.gateway import RefusalCode
 from smartspec.api.v1alpha1 import GenerationRun
+from smartspec.api.v1alpha1.generationrun import FailureKind
 from smartspec.api.v1alpha1.spec import Lifecycle
 from smartspec.logic.conditions import find_condition
 from smartspec.logic.run_machine import (
@@ -18,6 +19,7 @@ from smartspec.logic.run_machine import (
     ActionKind,
     BudgetObservation,
     Decision,
+    FeedbackPlan,
     JobObservation,
     JobState,
     ManifestObservation,
@@ -25,6 +27,7 @@ from smartspec.logic.run_machine import (
     ReportObservation,
     SpecObservation,
     decide,
+    feedback_plan,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,7 +226,9 @@ def test_failed_tests_feed_the_next_attempt_until_attempts_run_out() -> None:
     run, decision = step(run, observed)
     assert run.status is not None
     assert run.status.phase == "Failed"
-    assert reason(decision, "Succeeded") == "False/AttemptsExhausted"
+    # The run's reason names how its last attempt failed.
+    assert reason(decision, "Succeeded") == "False/TestsFailed"
+    assert [a.failure_kind for a in run.status.attempts] == ["TestsFailed", "TestsFailed"]
     assert decision.actions == []
 
 
@@ -264,22 +269,105 @@ def test_a_message_that_mentions_a_refusal_is_not_read_as_one() -> None:
             JobState.FAILED,
             exit_code=3,
             message="the answer is not valid JSON: 'budget_exhausted' budget_exceeded",
+            failure_kind=FailureKind.ANSWER_NOT_PARSEABLE,
         )
     }
     run, decision = step(run, seen(jobs=jobs))
-    assert decision.status.attempts[0].reason == "GenerationFailed"
+    assert decision.status.attempts[0].reason == "AnswerNotParseable"
     assert decision.actions == [Action(ActionKind.CREATE_GENERATOR_JOB, 2)]
 
 
-def test_secret_in_generated_code_fails_the_run() -> None:
+def test_a_credential_in_generated_code_gets_another_attempt_to_remove_it() -> None:
+    run, _ = step(load_run(maxAttempts=2), seen())
+    digest = "sha256:" + "d" * 64
+    credential = JobObservation(
+        JobState.FAILED,
+        exit_code=4,
+        message="generated code contains 1 credential finding(s)",
+        failure_kind=FailureKind.CREDENTIAL_DETECTED,
+        feedback_sha256=digest,
+    )
+    run, decision = step(run, seen(jobs={"todo-api-llm-gen-1": credential}))
+    assert decision.actions == [Action(ActionKind.CREATE_GENERATOR_JOB, 2)]
+    assert run.status is not None
+    plan = feedback_plan(run.status, 2)
+    assert plan == FeedbackPlan(
+        attempt=1,
+        kind=FailureKind.CREDENTIAL_DETECTED,
+        message="generated code contains 1 credential finding(s)",
+        report_sha256=None,
+        generation_sha256=digest,
+        with_files=False,
+    )
+    jobs = {"todo-api-llm-gen-1": credential, "todo-api-llm-gen-2": credential}
+    run, decision = step(run, seen(jobs=jobs))
+    assert reason(decision, "Succeeded") == "False/CredentialDetected"
+
+
+def test_feedback_names_only_the_documents_the_previous_attempt_left() -> None:
+    run, _ = step(load_run(), seen())
+    assert run.status is not None
+    assert feedback_plan(run.status, 1) is None
+    # Tests ran: the report and the generated files, never a generation document.
+    jobs = {
+        "todo-api-llm-gen-1": JobObservation(JobState.SUCCEEDED, exit_code=0),
+        "todo-api-llm-test-1": JobObservation(JobState.FAILED, exit_code=1),
+    }
+    observed = seen(jobs=jobs, generator_results={1: GEN_OK}, test_results={1: report(3, 2)})
+    run, _ = step(run, observed)
+    run, _ = step(run, observed)
+    assert run.status is not None
+    plan = feedback_plan(run.status, 2)
+    assert plan is not None
+    assert (plan.kind, plan.report_sha256, plan.generation_sha256, plan.with_files) == (
+        FailureKind.TESTS_FAILED,
+        "sha256:" + "c" * 64,
+        None,
+        True,
+    )
+    # The test Job died without a report: the files, and no report to read.
+    run2, _ = step(load_run(), seen())
+    jobs2 = {
+        "todo-api-llm-gen-1": JobObservation(JobState.SUCCEEDED, exit_code=0),
+        "todo-api-llm-test-1": JobObservation(JobState.FAILED, exit_code=137, reason="Error"),
+    }
+    observed2 = seen(jobs=jobs2, generator_results={1: GEN_OK})
+    run2, _ = step(run2, observed2)
+    run2, decision = step(run2, observed2)
+    assert decision.status.attempts[0].failure_kind is FailureKind.SANDBOX_ERROR
+    plan2 = feedback_plan(decision.status, 2)
+    assert plan2 is not None
+    assert (plan2.report_sha256, plan2.generation_sha256, plan2.with_files) == (None, None, True)
+
+
+@pytest.mark.parametrize(
+    ("job", "kind"),
+    [
+        (JobObservation(JobState.FAILED, reason="DeadlineExceeded"), "TestTimeout"),
+        (JobObservation(JobState.FAILED, exit_code=137, reason="OOMKilled"), "OOMKilled"),
+        (
+            JobObservation(JobState.FAILED, exit_code=1, failure_kind=FailureKind.TEST_TIMEOUT),
+            "TestTimeout",
+        ),
+        (JobObservation(JobState.FAILED, exit_code=2, message="storage failed"), "SandboxError"),
+    ],
+)
+def test_every_way_a_test_job_ends_badly_is_a_kind_and_another_attempt(
+    job: JobObservation, kind: str
+) -> None:
     run, _ = step(load_run(), seen())
     jobs = {
-        "todo-api-llm-gen-1": JobObservation(
-            JobState.FAILED, exit_code=4, message="app.py:3 AwsAccessKeyId"
-        )
+        "todo-api-llm-gen-1": JobObservation(JobState.SUCCEEDED, exit_code=0),
+        "todo-api-llm-test-1": job,
     }
-    run, decision = step(run, seen(jobs=jobs))
-    assert reason(decision, "Succeeded") == "False/SecretDetected"
+    observed = seen(jobs=jobs, generator_results={1: GEN_OK})
+    run, _ = step(run, observed)
+    run, decision = step(run, observed)
+    first = decision.status.attempts[0]
+    assert (first.failure_kind, first.reason) == (kind, kind)
+    assert decision.actions == [Action(ActionKind.CREATE_GENERATOR_JOB, 2)]
+    warnings = [e for e in decision.events if e.type == "Warning"]
+    assert [e.reason for e in warnings] == [kind], "one Event for the failed attempt"
 
 
 def test_attempt_deadline_moves_to_the_next_attempt() -> None:

@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
+from smartspec.api.sandbox import REQUIREMENT_REPORT_ENV as REPORT_ENV
 from smartspec.api.v1alpha1 import Spec
 from smartspec.api.v1alpha1.spec import SpecSpec
 from smartspec.logic.canonical import canonical_json
 from smartspec.logic.credential_scan import scan_text
 from smartspec.sandbox import Generation
 from smartspec.sandbox.builtin import UnsupportedSpec, generate
-from smartspec.sandbox.requirement_plugin import REPORT_ENV
 from smartspec.sandbox.tester import read_junit
 
 REPO = Path(__file__).resolve().parents[2]

@@ -31,26 +31,26 @@ import pytest
 import yaml
 
 from smartspec.api.gateway import RefusalCode
-from smartspec.api.v1alpha1 import Spec
-from smartspec.api.v1alpha1.spec import SpecSpec
-from smartspec.logic.canonical import canonical_json, content_hash
-from smartspec.sandbox import Usage
-from smartspec.sandbox.instructions import (
+from smartspec.api.sandbox import (
     GatewayAccess,
     GeneratorInstructions,
     GeneratorSettings,
-    InstructionsError,
     Limits,
     TesterInstructions,
     TestReport,
     UploadPolicy,
     check_relative_path,
-    load_instructions,
-    parse_instructions,
 )
+from smartspec.api.v1alpha1 import Spec
+from smartspec.api.v1alpha1.generationrun import FailureKind
+from smartspec.api.v1alpha1.spec import SpecSpec
+from smartspec.logic.canonical import canonical_json, content_hash
+from smartspec.sandbox import Usage
+from smartspec.sandbox.feedback import PreviousAttempt
+from smartspec.sandbox.instructions import InstructionsError, load_instructions, parse_instructions
 from smartspec.sandbox.llm import GenerationFailed, generate
 from smartspec.sandbox.transfer import TransferError, download, upload
-from stubs.openai_stub import StubServer
+from stubs.openai_stub import Reply, StubServer
 from testcluster.controlplane import free_port
 from testcluster.s3 import S3Endpoint, S3Server, resolve_weed
 
@@ -163,7 +163,7 @@ def instructions_for_generator(
     *,
     backend: str = "builtin",
     gateway_url: str | None = None,
-    feedback_key: str | None = None,
+    feedback: dict[str, Any] | None = None,
     content_hash: str | None = None,
 ) -> dict[str, Any]:
     llm = backend == "llm"
@@ -184,7 +184,7 @@ def instructions_for_generator(
             "seed": 42,
         },
         "gateway": {"baseUrl": gateway_url, "token": TOKEN} if llm else None,
-        "feedback": {"url": bucket.presigned_get(feedback_key)} if feedback_key else None,
+        "feedback": feedback,
         "upload": bucket.presigned_post(attempt.prefix),
         "limits": {"maxFiles": 200, "maxFileBytes": 262144, "maxTotalBytes": 2097152},
     }
@@ -332,7 +332,12 @@ def valid_generator_document() -> dict[str, Any]:
         },
         "generator": {"backend": "llm", "model": "gpt-4o-mini", "temperatureMilli": 200},
         "gateway": {"baseUrl": "http://gateway:8000/v1", "token": TOKEN},
-        "feedback": {"url": "https://s3.example/summary.json"},
+        "feedback": {
+            "attempt": 1,
+            "kind": "TestsFailed",
+            "message": "attempt 1: 2 of 5 tests failed",
+            "report": {"url": "https://s3.example/summary.json", "sha256": "sha256:" + "b" * 64},
+        },
         "upload": {"url": "https://s3.example/b", "fields": {"policy": "p"}, "keyPrefix": "a/b/"},
         "limits": {"maxFiles": 10, "maxFileBytes": 100, "maxTotalBytes": 1000},
     }
@@ -493,6 +498,8 @@ def llm_settings(**changes: Any) -> GeneratorSettings:
         "temperature_milli": 200,
         "max_tokens": 4096,
         "seed": 42,
+        "repair_turns": 0,
+        "output_format": "Text",
     }
     values.update(changes)
     return GeneratorSettings.model_validate(values)
@@ -502,7 +509,7 @@ def call_llm(
     stub: StubServer,
     reply: str | Callable[[dict[str, Any]], str],
     *,
-    feedback: TestReport | None = None,
+    previous: PreviousAttempt | None = None,
     limits: Limits | None = None,
     spec: SpecSpec | None = None,
     **settings: Any,
@@ -513,7 +520,7 @@ def call_llm(
         llm_settings(**settings),
         GatewayAccess(base_url=stub.url + "/v1", token=TOKEN),
         limits or Limits(),
-        feedback,
+        previous,
         timeout=30,
     )
 
@@ -612,8 +619,18 @@ def test_feedback_from_the_previous_attempt_is_in_the_prompt(stub: StubServer) -
             "durationSeconds": 0.5,
         }
     )
-    call_llm(stub, answer({"app.py": WRONG_APP}), feedback=feedback)
+    previous = PreviousAttempt(
+        attempt=1,
+        kind=FailureKind.TESTS_FAILED,
+        message="attempt 1: 1 of 2 tests failed",
+        report=feedback,
+        files=(("app.py", WRONG_APP),),
+    )
+    call_llm(stub, answer({"app.py": WRONG_APP}), previous=previous)
     user = stub.requests[0]["messages"][1]["content"]
+    assert "Attempt 1 failed (TestsFailed)." in user
+    assert "What went wrong: attempt 1: 1 of 2 tests failed" in user
+    assert f"=== app.py\n{WRONG_APP}" in user
     assert "Tests: 1 passed, 1 failed, 0 errors, 0 skipped." in user
     assert "Requirements without a passing test: REQ-001." in user
     assert "- test_app.py::test_add_sums:\nassert -1 == 5" in user
@@ -798,11 +815,50 @@ def test_a_generated_credential_uploads_nothing(
     )
     assert done.code == 4, done.stderr
     assert done.result == "SecretDetected"
+    assert done.detail["kind"] == "CredentialDetected"
     assert done.detail["findings"] == [{"location": "settings.py:4", "rule": "AwsAccessKeyId"}]
     assert done.detail["findingsTotal"] == 1
+    assert done.detail["usage"]["calls"] == 2, "one repair turn, then the attempt is spent"
     assert "settings.py:4: AwsAccessKeyId" in done.stderr
     assert FAKE_AWS_KEY_ID not in done.stderr + done.stdout
-    assert bucket.keys(attempt.prefix) == []
+    # No generated file is stored; only the feedback, with the credential redacted.
+    feedback_key = attempt.prefix + "feedback/generation.json"
+    assert bucket.keys(attempt.prefix) == [feedback_key]
+    stored = bucket.get(feedback_key)
+    assert done.detail["feedbackSha256"] == sha256(stored)
+    assert FAKE_AWS_KEY_ID.encode() not in stored
+    document = json.loads(stored)
+    assert document["kind"] == "CredentialDetected"
+    settings = next(f for f in document["files"] if f["path"] == "settings.py")
+    assert settings["redacted"] is True
+    assert "[REDACTED:AwsAccessKeyId]" in settings["content"]
+    # The repair turn showed the model its answer without the credential.
+    repair = stub.requests[1]["messages"]
+    assert repair[2]["role"] == "assistant"
+    assert FAKE_AWS_KEY_ID not in repair[2]["content"]
+    assert "CredentialDetected" in repair[3]["content"]
+
+
+def test_a_repair_turn_fixes_an_unusable_answer_within_the_attempt(
+    bucket: Bucket, snapshot: Snapshot, stub: StubServer
+) -> None:
+    attempt = new_attempt("todo-repair")
+    stub.script.extend([Reply("Here is the plan: first the model, then the routes."), "ok"])
+    stub.reply_fn = lambda body: answer({"app.py": WRONG_APP})
+    done = run_program(
+        "generator",
+        instructions_for_generator(
+            bucket, snapshot, attempt, backend="llm", gateway_url=stub.url + "/v1"
+        ),
+    )
+    assert done.code == 0, done.stderr
+    assert done.detail["usage"]["calls"] == 2
+    second = stub.requests[1]["messages"]
+    assert second[2] == {
+        "role": "assistant",
+        "content": "Here is the plan: first the model, then the routes.",
+    }
+    assert second[3]["content"].startswith("That answer cannot be used (AnswerNotParseable)")
 
 
 def test_a_snapshot_that_does_not_match_the_pinned_hash_is_refused(
@@ -880,20 +936,57 @@ def test_failing_generated_tests_fail_the_tester_and_feed_the_next_attempt(
     # Requirements no test cites are listed too, so the feedback shows them.
     assert summary["requirements"]["REQ-004"] == {"tests": [], "passed": False}
 
-    # Attempt 2 reads that report as feedback and passes it to the model.
+    # Attempt 2 reads that report and attempt 1's files, and passes both to the model.
+    summary_key = attempt.prefix + "report/summary.json"
+    report_ref = {
+        "url": bucket.presigned_get(summary_key),
+        "sha256": sha256(bucket.get(summary_key)),
+    }
+    feedback: dict[str, Any] = {
+        "attempt": 1,
+        "kind": "TestsFailed",
+        "message": "attempt 1: 1 of 2 tests failed",
+        "report": report_ref,
+        "files": [
+            {
+                "path": entry["path"],
+                "sha256": entry["sha256"],
+                "size": entry["size"],
+                "url": bucket.presigned_get(attempt.prefix + "files/" + entry["path"]),
+            }
+            for entry in manifest["files"]
+        ],
+    }
     retry = instructions_for_generator(
         bucket,
         snapshot,
         attempt.next(),
         backend="llm",
         gateway_url=stub.url + "/v1",
-        feedback_key=attempt.prefix + "report/summary.json",
+        feedback=feedback,
     )
     again = run_program("generator", retry)
     assert again.code == 0, again.stderr
     prompt = stub.requests[-1]["messages"][1]["content"]
+    assert "Attempt 1 failed (TestsFailed)." in prompt
     assert "- test_app.py::test_add_sums:" in prompt
     assert "Requirements without a passing test: REQ-001, REQ-003, REQ-004." in prompt
+    assert f"=== app.py\n{WRONG_APP}" in prompt, "the files to repair are in the prompt"
+
+    # A report that is not what the operator recorded is not used, and the prompt says so.
+    report_ref["sha256"] = "sha256:" + "0" * 64
+    tampered = instructions_for_generator(
+        bucket,
+        snapshot,
+        attempt.next().next(),
+        backend="llm",
+        gateway_url=stub.url + "/v1",
+        feedback=feedback,
+    )
+    assert run_program("generator", tampered).code == 0
+    prompt = stub.requests[-1]["messages"][1]["content"]
+    assert "- test_app.py::test_add_sums:" not in prompt
+    assert "(Not available: the test report has sha256" in prompt
 
 
 def test_a_hanging_suite_is_killed_at_the_time_limit(

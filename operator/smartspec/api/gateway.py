@@ -38,3 +38,9 @@ class Constraint(StrEnum):
     """The budget's model allow and deny patterns."""
     BUDGET_MISSING = "budget_missing"
     """No CreditBudget of that name."""
+
+
+STRUCTURED_OUTPUT_FIELD = "structured_output"
+"""The field of a `GET /v1/models` entry that says whether the model's route enforces a JSON
+schema given as `response_format` (CORE-003, "Protocol"); the generator's Auto output format
+reads it."""

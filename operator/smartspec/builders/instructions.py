@@ -3,38 +3,49 @@
 Contract: specs/CORE-004-generation-runs.md.
 
 Pure: URLs, upload policies and the run token are made by the reconciler and passed in;
-this module only shapes them into the documents the generator and tester read, so the
-contract lives in one place on the operator's side.
+this module builds them into the contract's own models (`smartspec.api.sandbox`), so a
+document the sandbox would refuse is refused here, before any Job exists.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from smartspec.api.sandbox import (
+    Feedback,
+    FileRef,
+    GatewayAccess,
+    GeneratorInstructions,
+    GeneratorSettings,
+    Limits,
+    ManifestRef,
+    RunRef,
+    SpecRef,
+    TesterInstructions,
+    UploadPolicy,
+)
 from smartspec.api.v1alpha1 import GenerationRun
 from smartspec.api.v1alpha1.generationrun import Backend, PinnedSpec
-
-DEFAULT_LIMITS = {"maxFiles": 200, "maxFileBytes": 262_144, "maxTotalBytes": 2_097_152}
-
-
-def _run_block(run: GenerationRun, attempt: int) -> dict[str, Any]:
-    return {
-        "namespace": run.metadata.namespace,
-        "name": run.metadata.name,
-        "uid": run.metadata.uid,
-        "attempt": attempt,
-    }
+from smartspec.logic.canonical import canonical_json
 
 
-def _spec_block(pinned: PinnedSpec, snapshot_url: str) -> dict[str, Any]:
-    return {
-        "name": pinned.name,
-        "revision": pinned.revision,
-        "contentHash": pinned.content_hash,
-        "snapshotUrl": snapshot_url,
-    }
+def _run_ref(run: GenerationRun, attempt: int) -> RunRef:
+    return RunRef(
+        namespace=run.metadata.namespace or "",
+        name=run.metadata.name,
+        uid=run.metadata.uid or "",
+        attempt=attempt,
+    )
+
+
+def _spec_ref(pinned: PinnedSpec, snapshot_url: str) -> SpecRef:
+    return SpecRef(
+        name=pinned.name,
+        revision=pinned.revision,
+        content_hash=pinned.content_hash,
+        snapshot_url=snapshot_url,
+    )
 
 
 def build_generator_instructions(
@@ -44,7 +55,7 @@ def build_generator_instructions(
     *,
     snapshot_url: str,
     upload: Mapping[str, Any],
-    feedback_url: str | None,
+    feedback: Feedback | None,
     gateway_base_url: str | None,
     token: str | None,
 ) -> bytes:
@@ -53,23 +64,26 @@ def build_generator_instructions(
     llm = generator.backend is Backend.LLM
     if llm and (gateway_base_url is None or token is None):
         raise ValueError("an llm run needs the gateway URL and a run token")
-    document = {
-        "role": "generator",
-        "run": _run_block(run, attempt),
-        "spec": _spec_block(pinned, snapshot_url),
-        "generator": {
-            "backend": generator.backend.value,
-            "model": generator.model,
-            "temperatureMilli": generator.temperature_milli,
-            "maxTokens": generator.max_tokens,
-            "seed": generator.seed,
-        },
-        "gateway": {"baseUrl": gateway_base_url, "token": token} if llm else None,
-        "feedback": {"url": feedback_url} if feedback_url else None,
-        "upload": dict(upload),
-        "limits": DEFAULT_LIMITS,
-    }
-    return json.dumps(document, sort_keys=True).encode()
+    document = GeneratorInstructions(
+        role="generator",
+        run=_run_ref(run, attempt),
+        spec=_spec_ref(pinned, snapshot_url),
+        generator=GeneratorSettings(
+            backend=generator.backend,
+            model=generator.model,
+            temperature_milli=generator.temperature_milli,
+            max_tokens=generator.max_tokens,
+            seed=generator.seed,
+            output_format=generator.output_format,
+            repair_turns=generator.repair_turns,
+            feedback_max_bytes=generator.feedback_max_bytes,
+        ),
+        gateway=GatewayAccess(base_url=gateway_base_url or "", token=token or "") if llm else None,
+        feedback=feedback,
+        upload=UploadPolicy.model_validate(upload),
+        limits=Limits(),
+    )
+    return canonical_json(document.to_wire())
 
 
 def build_tester_instructions(
@@ -80,18 +94,18 @@ def build_tester_instructions(
     snapshot_url: str,
     manifest_url: str,
     manifest_sha256: str,
-    files: Sequence[Mapping[str, Any]],
+    files: Sequence[FileRef],
     upload: Mapping[str, Any],
     timeout_seconds: int,
 ) -> bytes:
     """The tester's instructions: every file with its expected hash and a URL to read it."""
-    document = {
-        "role": "tester",
-        "run": _run_block(run, attempt),
-        "spec": _spec_block(pinned, snapshot_url),
-        "manifest": {"url": manifest_url, "sha256": manifest_sha256},
-        "files": [dict(item) for item in files],
-        "upload": dict(upload),
-        "timeoutSeconds": timeout_seconds,
-    }
-    return json.dumps(document, sort_keys=True).encode()
+    document = TesterInstructions(
+        role="tester",
+        run=_run_ref(run, attempt),
+        spec=_spec_ref(pinned, snapshot_url),
+        manifest=ManifestRef(url=manifest_url, sha256=manifest_sha256),
+        files=list(files),
+        upload=UploadPolicy.model_validate(upload),
+        timeout_seconds=timeout_seconds,
+    )
+    return canonical_json(document.to_wire())

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from smartspec.api.gateway import STRUCTURED_OUTPUT_FIELD
 from smartspec.api.v1alpha1.creditbudget import EnforcementMode
 from smartspec.gateway.accounting import (
     BudgetNotFoundError,
@@ -169,6 +170,8 @@ class Gateway:
     )
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     served: frozenset[str] = frozenset()
+    structured: frozenset[str] = frozenset()
+    """Models whose routes enforce a JSON schema given as response_format."""
 
     def __post_init__(self) -> None:
         self.router = self.router or build_router(self.config)
@@ -370,7 +373,15 @@ class Gateway:
         account = self.account(claims.namespace, claims.budget)
         await self._refresh_budget(account)
         allowed = [name for name in sorted(self.served) if _model_allowed(account, name)]
-        data = [{"id": name, "object": "model", "owned_by": "smartspec"} for name in allowed]
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "owned_by": "smartspec",
+                STRUCTURED_OUTPUT_FIELD: name in self.structured,
+            }
+            for name in allowed
+        ]
         return web.json_response({"object": "list", "data": data})
 
     # ------------------------------------------------------------------ steps

@@ -57,6 +57,10 @@ class ModelRoute(BaseModel):
     local: bool = False
     """Served by a model-server sidecar in each run's generator pod (CORE-004): calls go to
     the endpoint the operator records on the run's current attempt, not to `apiBase`."""
+    structured_output: bool | None = None
+    """Whether this deployment enforces a JSON schema given as `response_format`; unset:
+    what litellm's model map says (`supports_response_schema`), else no. The generator asks
+    for its files schema only from models whose every deployment does."""
     transport: Literal["litellm", "openai-compatible"] = "litellm"
     """How the Router reaches this deployment: litellm's provider for `litellmModel`, or
     (for a server that speaks the OpenAI protocol at `apiBase`) one direct HTTP request per

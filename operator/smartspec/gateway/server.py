@@ -6,6 +6,7 @@ Contract: specs/CORE-003-gateway-and-budgets.md, section "Configuration".
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 from aiohttp import web
 
@@ -22,9 +23,8 @@ from smartspec.storage import S3ObjectStore
 log = get_logger(__name__)
 
 
-def build_prices(config: GatewayConfig) -> PriceTable:
+def build_prices(config: GatewayConfig, cost_map: dict[str, dict[str, Any]]) -> PriceTable:
     """Overrides from the file win; otherwise litellm's bundled map (offline)."""
-    cost_map = load_litellm_cost_map()
     by_name = {}
     for route in config.models:
         entry = cost_map.get(route.cost_map_name or route.name)
@@ -38,9 +38,23 @@ def build_prices(config: GatewayConfig) -> PriceTable:
     return build_price_table(by_name, overrides, config.model_names, config.credits_per_usd)
 
 
+def structured_output_models(
+    config: GatewayConfig, cost_map: dict[str, dict[str, Any]]
+) -> frozenset[str]:
+    """Models every deployment of which enforces a JSON schema in `response_format`."""
+    supported: dict[str, bool] = {}
+    for route in config.models:
+        entry = cost_map.get(route.cost_map_name or route.name) or {}
+        says = route.structured_output
+        enforced = says if says is not None else entry.get("supports_response_schema") is True
+        supported[route.name] = supported.get(route.name, True) and enforced
+    return frozenset(name for name, enforced in supported.items() if enforced)
+
+
 def build_gateway(settings: GatewaySettings) -> Gateway:
     config = load_gateway_config(settings.gateway_config)
-    prices = build_prices(config)
+    cost_map = load_litellm_cost_map()
+    prices = build_prices(config, cost_map)
     unpriced = sorted(set(config.model_names) - set(prices.models))
     log.info(
         "Loaded gateway configuration",
@@ -53,6 +67,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
     return Gateway(
         config=config,
         prices=prices,
+        structured=structured_output_models(config, cost_map),
         token_keys=parse_token_keys(
             settings.gateway_token_keys_file.read_text(encoding="utf-8"),
             str(settings.gateway_token_keys_file),

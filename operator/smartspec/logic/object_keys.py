@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from smartspec.logic.canonical import hex_digest
 
+__all__ = ["attempt_prefix", "s3_uri", "spec_snapshot_key"]
+
 
 def spec_snapshot_key(namespace: str, content_hash: str) -> str:
     """Where a Spec revision's canonical content lives: <ns>/specs/sha256/<hex>.json."""
@@ -26,9 +28,3 @@ def s3_uri(bucket: str, key: str) -> str:
 def attempt_prefix(namespace: str, run: str, run_uid: str, attempt: int) -> str:
     """<ns>/runs/<run>/<uid>/attempt-<k>/: everything one attempt's sandboxes write."""
     return f"{namespace}/runs/{run}/{run_uid}/attempt-{attempt}/"
-
-
-MANIFEST_KEY = "manifest.json"
-REPORT_SUMMARY_KEY = "report/summary.json"
-REPORT_JUNIT_KEY = "report/junit.xml"
-FILES_PREFIX = "files/"

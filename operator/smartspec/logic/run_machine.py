@@ -24,6 +24,7 @@ from smartspec.api.v1alpha1.generationrun import (
     Backend,
     ConditionType,
     Evidence,
+    FailureKind,
     GenerationRun,
     GenerationRunStatus,
     Phase,
@@ -88,6 +89,10 @@ class JobObservation:
     """Why the container ended: its result line's message, else its termination message."""
     refusal: RefusalCode | None = None
     """The gateway's refusal code from the generator's result line, when one ended it."""
+    failure_kind: FailureKind | None = None
+    """How the sandbox program says its work failed (its result line's `kind`)."""
+    feedback_sha256: str | None = None
+    """sha256 of the generation feedback document the generator stored, if it did."""
     pod_ip: str | None = None
     """The running pod's IP (for a local model server sidecar)."""
 
@@ -396,13 +401,8 @@ def _advance_generation(
         return
     result = seen.generator_results.get(attempt.number)
     if result is None:
-        _attempt_error(
-            run,
-            now,
-            decision,
-            Reason.GENERATION_FAILED,
-            "the generator succeeded but left no manifest",
-        )
+        message = "the generator succeeded but left no manifest"
+        _attempt_failed(run, now, decision, FailureKind.SANDBOX_ERROR, message)
         return
     status.artifacts = Artifacts(
         uri=result.artifacts_uri,
@@ -441,6 +441,8 @@ def _advance_testing(
             summary=f"{report.passed}/{report.passed + report.failed}",
         )
         attempt.tests_passed, attempt.tests_failed = report.passed, report.failed
+        # The next attempt is fed this report: it exists, so it may be read.
+        attempt.feedback_digest = report.summary_sha256
     if job.state is JobState.SUCCEEDED and report is not None and report.all_passed:
         attempt.result = AttemptResult.PASSED
         attempt.finished_at = now
@@ -451,24 +453,27 @@ def _advance_testing(
         status.completion_time = now
         decision.events.append(EventRecord("Normal", Reason.TESTS_PASSED, message))
         return
+    kind, message = _test_failure(job, report)
+    _attempt_failed(run, now, decision, kind, f"attempt {attempt.number}: {message}")
+
+
+def _test_failure(job: JobObservation, report: ReportObservation | None) -> tuple[FailureKind, str]:
+    """How a test Job that did not pass failed, from its structured results."""
     if job.reason == OOM_KILLED:
-        message = "the test container ran out of memory (OOMKilled at its memory limit)"
-        _attempt_error(run, now, decision, Reason.OOM_KILLED, message)
-        return
+        return FailureKind.OOM_KILLED, "the test container ran out of memory (OOMKilled)"
+    if job.reason == "DeadlineExceeded":
+        return FailureKind.TEST_TIMEOUT, "the test Job ran past the attempt's deadline"
+    if job.failure_kind is FailureKind.TEST_TIMEOUT:
+        return FailureKind.TEST_TIMEOUT, report.error if report and report.error else (
+            job.message or "the tests did not finish within their time limit"
+        )
     if report is not None and job.exit_code == ExitCode.TESTS_FAILED:
-        attempt.result = AttemptResult.FAILED
-        attempt.feedback_digest = report.summary_sha256
-        attempt.finished_at = now
-        total = report.passed + report.failed
-        message = f"attempt {attempt.number}: {report.failed} of {total} tests failed"
         if report.error is not None:
-            message = f"attempt {attempt.number}: {report.error}"
-        _set(decision, ConditionType.TESTED, "False", why=(Reason.TESTS_FAILED, message), now=now)
-        decision.events.append(EventRecord("Warning", Reason.TESTS_FAILED, message))
-        _next_attempt_or_fail(run, now, decision, Reason.ATTEMPTS_EXHAUSTED, message)
-        return
+            return FailureKind.TESTS_FAILED, report.error
+        total = report.passed + report.failed
+        return FailureKind.TESTS_FAILED, f"{report.failed} of {total} tests failed"
     detail = job.message or f"the test Job failed ({job.reason or 'no report'})"
-    _attempt_error(run, now, decision, Reason.TESTS_FAILED, detail)
+    return job.failure_kind or FailureKind.SANDBOX_ERROR, detail
 
 
 def _attempt_failed_in_generation(
@@ -477,55 +482,84 @@ def _attempt_failed_in_generation(
     detail = job.message or job.reason or "the generator Job failed"
     if job.reason == OOM_KILLED:
         message = "the generator container ran out of memory (OOMKilled at its memory limit)"
-        _attempt_error(run, now, decision, Reason.OOM_KILLED, message)
+        _attempt_failed(run, now, decision, FailureKind.OOM_KILLED, message)
     elif job.reason == "DeadlineExceeded":
-        _attempt_error(
-            run, now, decision, Reason.ATTEMPT_TIMEOUT, "the attempt exceeded its deadline"
-        )
-    elif job.exit_code == ExitCode.CREDENTIAL_DETECTED:
-        _attempt_error(run, now, decision, Reason.SECRET_DETECTED, detail, retry=False)
+        message = "the attempt exceeded its deadline"
+        _attempt_failed(run, now, decision, FailureKind.ATTEMPT_TIMEOUT, message)
     elif job.refusal is not None:
-        _attempt_error(run, now, decision, REFUSAL_REASONS[job.refusal], detail, retry=False)
+        # The budget or its policy refused: another attempt would be refused too.
+        kind, reason = FailureKind.GATEWAY_REFUSED, REFUSAL_REASONS[job.refusal]
+        _attempt_failed(run, now, decision, kind, detail, reason=reason, retry=False)
     else:
-        _attempt_error(run, now, decision, Reason.GENERATION_FAILED, detail)
+        kind = job.failure_kind or FailureKind.SANDBOX_ERROR
+        _current(decision).feedback_digest = job.feedback_sha256
+        _attempt_failed(run, now, decision, kind, detail)
 
 
-def _attempt_error(
+def _attempt_failed(
     run: GenerationRun,
     now: datetime,
     decision: Decision,
-    reason: str,
+    kind: FailureKind,
     message: str,
     *,
+    reason: str | None = None,
     retry: bool = True,
 ) -> None:
+    """The current attempt failed this way: record it, report it once, and go on to the
+    next attempt (its prompt is told `kind` and `message`) or end the run."""
     attempt = _current(decision)
-    attempt.result = AttemptResult.ERROR
-    attempt.reason = reason
+    testing = decision.status.phase == Phase.TESTING
+    attempt.result = AttemptResult.FAILED if testing else AttemptResult.ERROR
+    attempt.failure_kind = kind
+    attempt.reason = reason or kind.value
     attempt.message = message[:4096]
     attempt.finished_at = now
-    condition = (
-        ConditionType.GENERATED
-        if decision.status.phase == Phase.GENERATING
-        else ConditionType.TESTED
-    )
-    _set(decision, condition, "False", why=(reason, message[:32768]), now=now)
-    if retry:
-        _next_attempt_or_fail(run, now, decision, reason, message)
-    else:
-        _fail(decision, reason, message, now)
-
-
-def _next_attempt_or_fail(
-    run: GenerationRun, now: datetime, decision: Decision, reason: str, message: str
-) -> None:
-    attempt = _current(decision)
-    if attempt.number < run.spec.max_attempts:
+    condition = ConditionType.TESTED if testing else ConditionType.GENERATED
+    why = (attempt.reason, message[:32768])
+    _set(decision, condition, "False", why=why, now=now)
+    decision.events.append(EventRecord("Warning", attempt.reason, message))
+    if retry and attempt.number < run.spec.max_attempts:
         _start_attempt(run, attempt.number + 1, now, decision)
         return
-    final = f"{message}; no attempts left ({run.spec.max_attempts})"
-    _fail(
-        decision, reason if reason != Reason.TESTS_FAILED else Reason.ATTEMPTS_EXHAUSTED, final, now
+    if retry:
+        message = f"{message}; no attempts left ({run.spec.max_attempts})"
+    _fail(decision, attempt.reason, message, now)
+
+
+@dataclass(frozen=True)
+class FeedbackPlan:
+    """What attempt k is told of attempt k-1 and which of its documents it may read."""
+
+    attempt: int
+    kind: FailureKind
+    message: str
+    report_sha256: str | None
+    """The previous attempt's test report, when its tests ran and left one."""
+    generation_sha256: str | None
+    """The previous generator's feedback document, when it failed and stored one."""
+    with_files: bool
+    """The previous attempt generated code (its manifest and files exist)."""
+
+
+def feedback_plan(status: GenerationRunStatus, attempt: int) -> FeedbackPlan | None:
+    """The feedback for `attempt`, from the previous attempt's recorded outcome.
+
+    `feedbackDigest` names the test report when the attempt reached testing (it has a test
+    Job), else the generator's feedback document: so a document is offered only when the
+    attempt that should have written it did.
+    """
+    previous = next((a for a in status.attempts if a.number == attempt - 1), None)
+    if previous is None or previous.failure_kind is None:
+        return None
+    tested = previous.test_job is not None
+    return FeedbackPlan(
+        attempt=previous.number,
+        kind=previous.failure_kind,
+        message=previous.message or "",
+        report_sha256=previous.feedback_digest if tested else None,
+        generation_sha256=None if tested else previous.feedback_digest,
+        with_files=tested,
     )
 
 

@@ -114,6 +114,11 @@ TIME_TO_GREEN = Histogram(
     "From admission to Succeeded (runs whose generated tests passed).",
     buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
 )
+ATTEMPTS = Counter(
+    "smartspec_attempts_total",
+    'Finished attempts by result and failure kind (kind is "none" for a passed attempt).',
+    ["result", "kind"],
+)
 ATTEMPT_DURATION = Histogram(
     "smartspec_attempt_duration_seconds",
     "One attempt (generator Job then test Job), by result.",

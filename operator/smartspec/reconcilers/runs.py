@@ -13,17 +13,29 @@ timer while the run is not finished (Jobs progress without touching the run).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
+from pydantic import ValidationError
 
 from smartspec.api.manifests import ManifestError, parse_manifest
-from smartspec.api.sandbox import parse_result_line
+from smartspec.api.sandbox import (
+    FILES_PREFIX,
+    GENERATION_FEEDBACK_KEY,
+    MANIFEST_KEY,
+    REPORT_SUMMARY_KEY,
+    SESSION_FAILURE,
+    DocumentRef,
+    Feedback,
+    FileRef,
+    Manifest,
+    TestReport,
+    parse_result_line,
+)
 from smartspec.api.v1alpha1 import GROUP, VERSION
 from smartspec.api.v1alpha1.creditbudget import CreditBudget
 from smartspec.api.v1alpha1.generationrun import (
@@ -49,18 +61,14 @@ from smartspec.kube.events import EventRecorder
 from smartspec.logic.budget import model_allowed
 from smartspec.logic.canonical import canonical_json
 from smartspec.logic.naming import generator_job_name, test_job_name
-from smartspec.logic.object_keys import (
-    FILES_PREFIX,
-    MANIFEST_KEY,
-    REPORT_SUMMARY_KEY,
-    attempt_prefix,
-)
+from smartspec.logic.object_keys import attempt_prefix
 from smartspec.logic.run_machine import (
     OOM_KILLED,
     Action,
     ActionKind,
     BudgetObservation,
     Decision,
+    FeedbackPlan,
     JobObservation,
     JobState,
     ManifestObservation,
@@ -68,6 +76,7 @@ from smartspec.logic.run_machine import (
     ReportObservation,
     SpecObservation,
     decide,
+    feedback_plan,
     is_terminal,
 )
 from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
@@ -75,7 +84,7 @@ from smartspec.logic.spec_lint import known_spec
 from smartspec.observability import metrics
 from smartspec.observability.logs import get_logger
 from smartspec.reconcilers.scope import reconcile_scope
-from smartspec.storage import S3ObjectStore, StorageError
+from smartspec.storage import ObjectMissingError, S3ObjectStore, StorageError
 
 HANDLER_ID = "generation-run"
 TIMER_ID = "generation-run-progress"
@@ -207,7 +216,7 @@ async def gather(run: GenerationRun, context: RunContext) -> Observations:
                 observations.generator_results[attempt.number] = manifest
         test = observations.jobs.get(test_job_name(run.metadata.name, attempt.number))
         if test is not None and test.state in {JobState.SUCCEEDED, JobState.FAILED}:
-            report = _read_report(context.store, prefix, status.pinned_spec.name)
+            report = _read_report(context.store, prefix)
             if report is not None:
                 observations.test_results[attempt.number] = report
     return observations
@@ -291,9 +300,9 @@ def _job_observation(job: Mapping[str, Any], pod_state: Mapping[str, Any] | None
     # The sandbox's result line, when the termination message holds one: its fields, not
     # its wording, decide what happens next.
     result = parse_result_line(message)
-    refusal = result.detail.refusal if result is not None else None
-    if result is not None and result.detail.message:
-        message = result.detail.message
+    detail = result.detail if result is not None else None
+    if detail is not None and detail.message:
+        message = detail.message
     if "Complete" in conditions:
         return JobObservation(JobState.SUCCEEDED, exit_code=exit_code or 0, message=message)
     if "Failed" in conditions:
@@ -301,63 +310,77 @@ def _job_observation(job: Mapping[str, Any], pod_state: Mapping[str, Any] | None
         if pod_state and pod_state.get("reason") == OOM_KILLED:
             reason = OOM_KILLED  # the memory limit ended it, whatever the Job controller says
         return JobObservation(
-            JobState.FAILED, exit_code=exit_code, reason=reason, message=message, refusal=refusal
+            JobState.FAILED,
+            exit_code=exit_code,
+            reason=reason,
+            message=message,
+            refusal=detail.refusal if detail else None,
+            failure_kind=detail.kind if detail else None,
+            feedback_sha256=detail.feedback_sha256 if detail else None,
         )
     if (job.get("spec") or {}).get("suspend"):
         return JobObservation(JobState.SUSPENDED)
     return JobObservation(JobState.ACTIVE)
 
 
-def _read_json(store: S3ObjectStore, key: str) -> tuple[dict[str, Any], str] | None:
+_ModelT = TypeVar("_ModelT", Manifest, TestReport)
+
+
+def _read_document(
+    store: S3ObjectStore, key: str, model: type[_ModelT]
+) -> tuple[_ModelT, str] | None:
+    """A sandbox's document and its sha256, or None when it was not written (yet).
+
+    A document that exists but does not parse as the contract's model is treated like a
+    missing one and logged: the sandbox that wrote it broke the contract. Any other storage
+    error is raised, so the reconcile is retried rather than acting on a guess.
+    """
     try:
         raw = store.get(key)
-    except StorageError:
+    except ObjectMissingError:
         return None
     try:
-        document = json.loads(raw)
-    except json.JSONDecodeError:
-        log.warning("Sandbox output is not JSON", key=key)
+        document = model.model_validate_json(raw)
+    except ValidationError as error:
+        log.warning("Sandbox output breaks the contract", key=key, error=str(error)[:2000])
         return None
     return document, "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def _read_manifest(store: S3ObjectStore, prefix: str) -> ManifestObservation | None:
-    read = _read_json(store, prefix + MANIFEST_KEY)
+    read = _read_document(store, prefix + MANIFEST_KEY, Manifest)
     if read is None:
         return None
     manifest, digest = read
-    files = manifest.get("files") or []
     return ManifestObservation(
         artifacts_uri=store.uri(prefix + FILES_PREFIX),
         manifest_sha256=digest,
-        file_count=len(files),
-        tasks_total=len(manifest.get("tasks") or []),
+        file_count=len(manifest.files),
+        tasks_total=len(manifest.tasks),
     )
 
 
-def _read_report(store: S3ObjectStore, prefix: str, spec_name: str) -> ReportObservation | None:
-    read = _read_json(store, prefix + REPORT_SUMMARY_KEY)
+def _read_report(store: S3ObjectStore, prefix: str) -> ReportObservation | None:
+    read = _read_document(store, prefix + REPORT_SUMMARY_KEY, TestReport)
     if read is None:
         return None
-    summary, digest = read
-    tests = summary.get("tests") or {}
-    requirements = summary.get("requirements") or {}
-    passed = int(tests.get("passed", 0))
-    failed = int(tests.get("failed", 0)) + int(tests.get("errors", 0))
+    report, digest = read
+    passed = report.tests.passed
+    failed = report.tests.failed + report.tests.errors
     # A pytest session that gave no result (killed at the time limit, crashed) says why in
     # its "(pytest session)" failure.
-    session = [f for f in summary.get("failures") or [] if f.get("test") == "(pytest session)"]
-    error = str(session[0].get("message", "")).split("\n", 1)[0] if session else None
+    session = [f for f in report.failures if f.test == SESSION_FAILURE]
+    error = session[0].message.split("\n", 1)[0] if session else None
     return ReportObservation(
         report_uri=store.uri(prefix + REPORT_SUMMARY_KEY),
         summary_sha256=digest,
         passed=passed,
         failed=failed,
-        skipped=int(tests.get("skipped", 0)),
-        requirements_covered=sum(1 for item in requirements.values() if item.get("passed")),
-        requirements_total=len(requirements),
-        all_passed=summary.get("result") == "passed" and passed > 0 and failed == 0,
-        error=error if summary.get("result") == "error" else None,
+        skipped=report.tests.skipped,
+        requirements_covered=sum(1 for item in report.requirements.values() if item.passed),
+        requirements_total=len(report.requirements),
+        all_passed=report.result == "passed" and passed > 0 and failed == 0,
+        error=error if report.result == "error" else None,
     )
 
 
@@ -394,10 +417,8 @@ async def _create_generator(
         raise ValueError("a generator Job before admission")
     attempt = action.attempt
     prefix = attempt_prefix(namespace, name, uid, attempt)
-    feedback = None
-    if attempt > 1:
-        previous = attempt_prefix(namespace, name, uid, attempt - 1) + REPORT_SUMMARY_KEY
-        feedback = context.store.presign_get(previous, context.url_ttl_seconds)
+    plan = feedback_plan(decision.status, attempt)
+    feedback = _feedback(run, plan, context) if plan is not None else None
     token = None
     if run.spec.generator.backend is Backend.LLM:
         if not context.token_keys:
@@ -422,7 +443,7 @@ async def _create_generator(
         pinned,
         snapshot_url=context.store.presign_get(_key(pinned.snapshot_uri), context.url_ttl_seconds),
         upload=context.store.presign_upload(prefix, context.url_ttl_seconds),
-        feedback_url=feedback,
+        feedback=feedback,
         gateway_base_url=context.gateway_base_url,
         token=token,
     )
@@ -454,20 +475,12 @@ async def _create_tester(
         raise ValueError("a test Job before admission")
     attempt = action.attempt
     prefix = attempt_prefix(namespace, name, uid, attempt)
-    read = _read_json(context.store, prefix + MANIFEST_KEY)
+    read = _read_document(context.store, prefix + MANIFEST_KEY, Manifest)
     if read is None:
         raise StorageError(f"the manifest of attempt {attempt} is missing")
     manifest, digest = read
     ttl = context.url_ttl_seconds
-    files = [
-        {
-            "path": entry["path"],
-            "sha256": entry["sha256"],
-            "size": entry["size"],
-            "url": context.store.presign_get(prefix + FILES_PREFIX + entry["path"], ttl),
-        }
-        for entry in manifest.get("files") or []
-    ]
+    files = _file_refs(context, prefix, manifest)
     instructions = build_tester_instructions(
         run,
         attempt,
@@ -490,6 +503,48 @@ async def _create_tester(
     )
     if await _create(context.kube, f"/apis/batch/v1/namespaces/{namespace}/jobs", job):
         log.info("Created Job", job=job["metadata"]["name"], attempt=attempt)
+
+
+def _file_refs(context: RunContext, prefix: str, manifest: Manifest) -> list[FileRef]:
+    """Every file of an attempt's manifest, with a presigned GET each."""
+    ttl = context.url_ttl_seconds
+    return [
+        FileRef(
+            path=entry.path,
+            sha256=entry.sha256,
+            size=entry.size,
+            url=context.store.presign_get(prefix + FILES_PREFIX + entry.path, ttl),
+        )
+        for entry in manifest.files
+    ]
+
+
+def _feedback(run: GenerationRun, plan: FeedbackPlan, context: RunContext) -> Feedback:
+    """The feedback block of the next generator: presigned GETs of exactly the documents
+    the previous attempt left (its plan says which)."""
+    namespace, name, uid = run.metadata.namespace or "", run.metadata.name, run.metadata.uid or ""
+    previous = attempt_prefix(namespace, name, uid, plan.attempt)
+    ttl = context.url_ttl_seconds
+    report = generation = None
+    if plan.report_sha256 is not None:
+        url = context.store.presign_get(previous + REPORT_SUMMARY_KEY, ttl)
+        report = DocumentRef(url=url, sha256=plan.report_sha256)
+    if plan.generation_sha256 is not None:
+        url = context.store.presign_get(previous + GENERATION_FEEDBACK_KEY, ttl)
+        generation = DocumentRef(url=url, sha256=plan.generation_sha256)
+    files: list[FileRef] = []
+    if plan.with_files:
+        read = _read_document(context.store, previous + MANIFEST_KEY, Manifest)
+        if read is not None:
+            files = _file_refs(context, previous, read[0])
+    return Feedback(
+        attempt=plan.attempt,
+        kind=plan.kind,
+        message=plan.message[:4096],
+        report=report,
+        generation=generation,
+        files=files,
+    )
 
 
 def _key(uri: str) -> str:
@@ -560,6 +615,8 @@ def _observe(run: GenerationRun, decision: Decision) -> None:
         if attempt.finished_at and attempt.started_at and newly_done:
             seconds = (attempt.finished_at - attempt.started_at).total_seconds()
             metrics.ATTEMPT_DURATION.labels(result=attempt.result.value).observe(seconds)
+            kind = attempt.failure_kind.value if attempt.failure_kind else "none"
+            metrics.ATTEMPTS.labels(result=attempt.result.value, kind=kind).inc()
     status = decision.status
     was_terminal = run.status is not None and run.status.phase in {"Succeeded", "Failed"}
     if status.phase not in {"Succeeded", "Failed"} or was_terminal:

@@ -11,11 +11,11 @@ import json
 
 from pydantic import ValidationError
 
+from smartspec.api.sandbox import SpecRef, UploadPolicy, describe_validation_error
 from smartspec.api.v1alpha1.spec import SpecSpec
 from smartspec.logic.canonical import HASH_PREFIX
 
 from . import ExitCode, ProgramExit
-from .instructions import SpecRef, UploadPolicy, describe_validation_error
 from .transfer import TransferError, download, upload
 
 MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024

@@ -4,10 +4,13 @@ Contract: specs/CORE-004-generation-runs.md, sections "Sandbox contract", "Objec
 S3", "Manifest" and "Exit codes".
 
 Steps: read the instructions (role generator); fetch the pinned Spec snapshot and check its
-sha256 against spec.contentHash; generate with the builtin or the llm backend; scan every
-generated file for credentials (any hit: upload nothing, exit 4); upload each file under
-`files/<path>`, then `manifest.json` last, so a manifest's presence means the attempt's code
-is complete. Ends with one JSON line on stdout; progress and reasons go to stderr.
+sha256 against spec.contentHash; read what the previous attempt left (section "Feedback");
+generate with the builtin or the llm backend; scan every generated file for credentials;
+upload each file under `files/<path>`, then `manifest.json` last, so a manifest's presence
+means the attempt's code is complete. A failed generation uploads no file but
+`feedback/generation.json` (the failure's kind and message, and the answer's files with
+anything credential-like redacted) and exits 3, or 4 for a credential. Ends with one JSON
+line on stdout whose detail names the failure kind; progress and reasons go to stderr.
 """
 
 from __future__ import annotations
@@ -15,36 +18,36 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Mapping
-
-from pydantic import ValidationError
+from typing import Any
 
 import smartspec
-from smartspec.api.v1alpha1.generationrun import Backend
-from smartspec.api.v1alpha1.spec import SpecSpec
-from smartspec.logic.canonical import HASH_PREFIX, canonical_json
-from smartspec.logic.credential_scan import scan_text
-
-from . import ExitCode, Generation, Outcome, ProgramExit, builtin, llm, run_program
-from .exchange import MAX_SNAPSHOT_BYTES, read_pinned_spec, store
-from .instructions import (
+from smartspec.api.sandbox import (
+    FILES_PREFIX,
+    GENERATION_FEEDBACK_FORMAT,
+    GENERATION_FEEDBACK_KEY,
     MANIFEST_FORMAT,
+    MANIFEST_KEY,
+    ExitCode,
+    GenerationFeedback,
     GeneratorInstructions,
     Limits,
     Manifest,
-    TestReport,
-    describe_validation_error,
-    load_role_instructions,
 )
-from .transfer import TransferError, download
+from smartspec.api.v1alpha1.generationrun import Backend, FailureKind
+from smartspec.api.v1alpha1.spec import SpecSpec
+from smartspec.logic.canonical import HASH_PREFIX, canonical_json
+
+from . import Generation, Outcome, ProgramExit, builtin, llm, run_program
+from .exchange import MAX_SNAPSHOT_BYTES, read_pinned_spec, store
+from .feedback import PreviousAttempt, credential_findings, read_previous_attempt, redacted_files
+from .instructions import load_role_instructions
+from .transfer import TransferError, upload
 
 __all__ = ["MAX_SNAPSHOT_BYTES", "build_manifest", "check_limits", "content_type", "main"]
 
 PROGRAM = "smartspec-generator"
-MAX_FEEDBACK_BYTES = 4 * 1024 * 1024
-MANIFEST_KEY = "manifest.json"
 MAX_REPORTED_FINDINGS = 20
 """Findings listed in the final line; it stays short enough for a termination message."""
-FILES_PREFIX = "files/"
 
 _CONTENT_TYPES = {
     ".py": "text/x-python; charset=utf-8",
@@ -69,14 +72,24 @@ def _generate(environ: Mapping[str, str] | None) -> Outcome:
     spec = read_pinned_spec(instructions.spec)
     pinned = instructions.spec
     _say(f"read spec {pinned.name} revision {pinned.revision} ({pinned.content_hash})")
-    feedback = _read_feedback(instructions)
-    generation = _run_backend(instructions, spec, feedback)
-    check_limits(generation, instructions.limits)
+    previous = _previous_attempt(instructions)
+    try:
+        generation = _run_backend(instructions, spec, previous)
+        check_limits(generation, instructions.limits)
+        # Task descriptions come from the model too: they are scanned with the files.
+        findings = credential_findings(generation.files, generation.tasks)
+        if findings:
+            raise llm.GenerationFailed(
+                FailureKind.CREDENTIAL_DETECTED,
+                f"generated code contains {len(findings)} credential finding(s); nothing was "
+                "uploaded but a redacted copy for the next attempt",
+                generation.usage,
+                files=redacted_files(generation.files),
+                findings=tuple(findings),
+            )
+    except llm.GenerationFailed as failure:
+        raise _failed(instructions, failure) from None
     manifest = canonical_json(build_manifest(instructions, generation))
-    # Task descriptions come from the model too, so the manifest is scanned with the files.
-    _refuse_credentials(
-        [*((f.path, f.content) for f in generation.files), (MANIFEST_KEY, manifest)]
-    )
 
     total = 0
     for item in generation.files:
@@ -103,59 +116,72 @@ def _generate(environ: Mapping[str, str] | None) -> Outcome:
     )
 
 
-def _read_feedback(instructions: GeneratorInstructions) -> TestReport | None:
-    if instructions.feedback is None:
+def _previous_attempt(instructions: GeneratorInstructions) -> PreviousAttempt | None:
+    feedback = instructions.feedback
+    if feedback is None:
         return None
     if instructions.generator.backend is Backend.BUILTIN:
         _say("ignoring feedback: the builtin backend is deterministic")
         return None
-    try:
-        raw = download(instructions.feedback.url, max_bytes=MAX_FEEDBACK_BYTES)
-        report = TestReport.model_validate_json(raw)
-    except TransferError as error:
-        raise ProgramExit(
-            ExitCode.BAD_INPUT, "Error", f"cannot read the previous attempt's report: {error}"
-        ) from None
-    except ValidationError as error:
-        raise ProgramExit(
-            ExitCode.BAD_INPUT,
-            "Error",
-            "the previous attempt's report is not a test report: "
-            + "; ".join(describe_validation_error(error)),
-        ) from None
-    _say(f"feedback: previous attempt {report.result}, {len(report.failures)} failure(s)")
-    return report
+    previous = read_previous_attempt(feedback)
+    _say(
+        f"feedback: attempt {previous.attempt} failed ({previous.kind.value}); "
+        f"{len(previous.files)} file(s) to repair"
+        + (f", {len(previous.report.failures)} test failure(s)" if previous.report else "")
+    )
+    return previous
+
+
+def _failed(instructions: GeneratorInstructions, failure: llm.GenerationFailed) -> ProgramExit:
+    """The program's end for a failed generation: the feedback document stored for the next
+    attempt (when one can follow), and a result line that says which kind of failure."""
+    backend = instructions.generator.backend.value
+    message = f"{backend} generation failed: {failure}"
+    detail: dict[str, Any] = {"kind": failure.kind.value, "usage": failure.usage.to_wire()}
+    if failure.refusal is not None:
+        detail["refusal"] = failure.refusal.value
+    else:
+        document = GenerationFeedback(
+            format=GENERATION_FEEDBACK_FORMAT,
+            kind=failure.kind,
+            message=message[:4096],
+            files=list(failure.files),
+            answer_excerpt=failure.answer_excerpt,
+            findings=list(failure.findings[:100]),
+        )
+        body = canonical_json(document.to_wire())
+        try:
+            upload(instructions.upload, GENERATION_FEEDBACK_KEY, body, "application/json")
+            detail["feedbackSha256"] = HASH_PREFIX + hashlib.sha256(body).hexdigest()
+        except TransferError as error:
+            # The next attempt is still told the kind and the message, from the run.
+            _say(f"cannot store the feedback for the next attempt: {error}")
+    if failure.kind is FailureKind.CREDENTIAL_DETECTED:
+        for finding in failure.findings:
+            _say(f"credential detected: {finding.location}: {finding.rule}")
+        detail["findings"] = [f.to_wire() for f in failure.findings[:MAX_REPORTED_FINDINGS]]
+        detail["findingsTotal"] = len(failure.findings)
+        return ProgramExit(ExitCode.CREDENTIAL_DETECTED, "SecretDetected", message, **detail)
+    return ProgramExit(ExitCode.GENERATION_FAILED, "GenerationFailed", message, **detail)
 
 
 def _run_backend(
-    instructions: GeneratorInstructions, spec: SpecSpec, feedback: TestReport | None
+    instructions: GeneratorInstructions, spec: SpecSpec, previous: PreviousAttempt | None
 ) -> Generation:
     settings = instructions.generator
-    try:
-        if settings.backend is Backend.BUILTIN:
+    if settings.backend is Backend.BUILTIN:
+        try:
             generation = builtin.generate(spec)
-        else:
-            if instructions.gateway is None:  # refused by the instructions model already
-                raise llm.GenerationFailed("gateway is required for the llm backend")
-            generation = llm.generate(
-                spec, settings, instructions.gateway, instructions.limits, feedback
+        except builtin.UnsupportedSpec as error:
+            raise llm.GenerationFailed(FailureKind.SANDBOX_ERROR, str(error)) from None
+    else:
+        if instructions.gateway is None:  # refused by the instructions model already
+            raise llm.GenerationFailed(
+                FailureKind.SANDBOX_ERROR, "gateway is required for the llm backend"
             )
-    except builtin.UnsupportedSpec as error:
-        raise ProgramExit(
-            ExitCode.GENERATION_FAILED,
-            "GenerationFailed",
-            f"{settings.backend.value} generation failed: {error}",
-            usage=None,
-        ) from None
-    except llm.GenerationFailed as error:
-        refusal = {"refusal": error.refusal.value} if error.refusal is not None else {}
-        raise ProgramExit(
-            ExitCode.GENERATION_FAILED,
-            "GenerationFailed",
-            f"{settings.backend.value} generation failed: {error}",
-            usage=error.usage.to_wire(),
-            **refusal,
-        ) from None
+        generation = llm.generate(
+            spec, settings, instructions.gateway, instructions.limits, previous
+        )
     usage = generation.usage
     _say(
         f"{settings.backend.value} backend produced {len(generation.files)} files "
@@ -165,7 +191,7 @@ def _run_backend(
 
 
 def check_limits(generation: Generation, limits: Limits) -> None:
-    """Refuse output over instructions.limits (exit 3), whichever backend wrote it."""
+    """Refuse output over instructions.limits, whichever backend wrote it."""
     files = generation.files
     problem = None
     total = sum(len(item.content) for item in files)
@@ -182,25 +208,7 @@ def check_limits(generation: Generation, limits: Limits) -> None:
     elif total > limits.max_total_bytes:
         problem = f"{total} bytes in all, over the limit of {limits.max_total_bytes}"
     if problem is not None:
-        raise ProgramExit(ExitCode.GENERATION_FAILED, "GenerationFailed", problem)
-
-
-def _refuse_credentials(documents: list[tuple[str, bytes]]) -> None:
-    findings = []
-    for path, content in documents:
-        text = content.decode("utf-8", errors="replace")
-        for hit in scan_text(text, path=path):
-            # Location and rule only: the matched text must not reach any log.
-            findings.append({"location": hit.path, "rule": hit.rule_id})
-            _say(f"credential detected: {hit.path}: {hit.rule_id} ({hit.description})")
-    if findings:
-        raise ProgramExit(
-            ExitCode.CREDENTIAL_DETECTED,
-            "SecretDetected",
-            f"generated code contains {len(findings)} credential finding(s); nothing was uploaded",
-            findings=findings[:MAX_REPORTED_FINDINGS],
-            findingsTotal=len(findings),
-        )
+        raise llm.GenerationFailed(FailureKind.ANSWER_INVALID, problem, generation.usage)
 
 
 def build_manifest(

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-__all__ = ["REPORT_ENV"]
+from smartspec.api.sandbox import REQUIREMENT_REPORT_ENV
 
-REPORT_ENV = "SMARTSPEC_REQUIREMENT_REPORT"
+__all__ = ["REQUIREMENT_REPORT_ENV"]
 MARKER = "requirement"
 MAX_MESSAGE_CHARS = 2000
 
@@ -68,16 +68,25 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         if report.failed and entry["outcome"] != "error":
             entry["outcome"] = "failed"
             entry["message"] = str(report.longreprtext)[:MAX_MESSAGE_CHARS]
+            entry["output"] = _captured(report)
         elif report.passed and entry["outcome"] == "skipped":
             entry["outcome"] = "passed"
     elif report.failed:
         # A broken fixture or teardown: the test cannot count as passed.
         entry["outcome"] = "error"
         entry["message"] = str(report.longreprtext)[:MAX_MESSAGE_CHARS]
+        entry["output"] = _captured(report)
+
+
+def _captured(report: pytest.TestReport) -> str:
+    """What the test printed (stdout, then stderr), cut to its last characters: the end of
+    the output is usually where the cause shows."""
+    text = report.capstdout + report.capstderr
+    return text[-MAX_MESSAGE_CHARS:]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    target = os.environ.get(REPORT_ENV)
+    target = os.environ.get(REQUIREMENT_REPORT_ENV)
     if not target:
         return
     document = {

@@ -33,14 +33,14 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from smartspec.api.v1alpha1.spec import SpecSpec
-from smartspec.logic.canonical import HASH_PREFIX
-
-from . import ExitCode, Outcome, ProgramExit, run_program
-from .exchange import read_pinned_spec, store
-from .instructions import (
+from smartspec.api.sandbox import (
     INSTRUCTIONS_ENV,
     INSTRUCTIONS_FILE_ENV,
+    REPORT_JUNIT_KEY,
+    REPORT_SUMMARY_KEY,
+    REQUIREMENT_REPORT_ENV,
+    SESSION_FAILURE,
+    ExitCode,
     Manifest,
     ManifestFile,
     RequirementEvidence,
@@ -49,9 +49,14 @@ from .instructions import (
     TestFailure,
     TestReport,
     describe_validation_error,
-    load_role_instructions,
 )
-from .requirement_plugin import REPORT_ENV
+from smartspec.api.v1alpha1.generationrun import FailureKind
+from smartspec.api.v1alpha1.spec import SpecSpec
+from smartspec.logic.canonical import HASH_PREFIX
+
+from . import Outcome, ProgramExit, run_program
+from .exchange import read_pinned_spec, store
+from .instructions import load_role_instructions
 from .transfer import TooLargeError, TransferError, download
 
 __all__ = ["build_report", "main", "read_junit"]
@@ -97,8 +102,8 @@ def _test(environ: Mapping[str, str] | None) -> Outcome:
 
     report, junit = build_report(run, spec, instructions.timeout_seconds)
     summary = json.dumps(report.to_wire(), indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
-    store(instructions.upload, "report/junit.xml", junit, "application/xml")
-    summary_key = store(instructions.upload, "report/summary.json", summary, "application/json")
+    store(instructions.upload, REPORT_JUNIT_KEY, junit, "application/xml")
+    summary_key = store(instructions.upload, REPORT_SUMMARY_KEY, summary, "application/json")
     counts = report.tests
     covered = sorted(rid for rid, evidence in report.requirements.items() if evidence.passed)
     message = (
@@ -108,10 +113,16 @@ def _test(environ: Mapping[str, str] | None) -> Outcome:
     )
     _say(message)
     passed = report.result == "passed"
+    detail: dict[str, Any] = {}
+    if not passed:
+        timed_out = run.exit_status is None
+        kind = FailureKind.TEST_TIMEOUT if timed_out else FailureKind.TESTS_FAILED
+        detail["kind"] = kind.value
     return Outcome(
         ExitCode.OK if passed else ExitCode.TESTS_FAILED,
         "TestsPassed" if passed else "TestsFailed",
         {
+            **detail,
             "message": message,
             "summaryKey": summary_key,
             "summarySha256": HASH_PREFIX + hashlib.sha256(summary).hexdigest(),
@@ -240,7 +251,7 @@ def _run_pytest(project: Path, evidence: Path, timeout_seconds: int) -> PytestRu
         for name, value in os.environ.items()
         if name not in (INSTRUCTIONS_ENV, INSTRUCTIONS_FILE_ENV)
     }
-    env[REPORT_ENV] = str(markers_path)
+    env[REQUIREMENT_REPORT_ENV] = str(markers_path)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     command = [
         sys.executable,
@@ -332,7 +343,11 @@ def build_report(run: PytestRun, spec: SpecSpec, timeout_seconds: int) -> tuple[
             e for e in run.markers.get("collectionErrors", []) if isinstance(e, dict)
         ]
     failures = [
-        TestFailure(test=str(t.get("nodeid")), message=_clip(t.get("message")))
+        TestFailure(
+            test=str(t.get("nodeid")),
+            message=_clip(t.get("message")),
+            output=str(t.get("output") or "")[-MAX_MESSAGE_CHARS:],
+        )
         for t in tests
         if t.get("outcome") in ("failed", "error")
     ]
@@ -345,10 +360,10 @@ def build_report(run: PytestRun, spec: SpecSpec, timeout_seconds: int) -> tuple[
     if problem is not None:
         result = "error"
         tail = run.output[-max(0, MAX_MESSAGE_CHARS - len(problem) - 1) :]
-        failures.append(TestFailure(test="(pytest session)", message=_clip(f"{problem}\n{tail}")))
+        failures.append(TestFailure(test=SESSION_FAILURE, message=_clip(f"{problem}\n{tail}")))
     elif counts.passed + counts.failed + counts.errors == 0:
         result = "failed"  # no test ran, so nothing is demonstrated
-        failures.append(TestFailure(test="(pytest session)", message="no test ran"))
+        failures.append(TestFailure(test=SESSION_FAILURE, message="no test ran"))
     elif counts.failed or counts.errors or failures:
         result = "failed"
     else:

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
-from .instructions import UploadPolicy, check_relative_path
+from smartspec.api.sandbox import UploadPolicy, check_relative_path
 
 __all__ = [
     "DEFAULT_ATTEMPTS",

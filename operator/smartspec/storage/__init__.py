@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from smartspec.storage.objects import (
     InMemoryObjectStore,
+    ObjectMissingError,
     ObjectStore,
     S3ObjectStore,
     StorageError,
@@ -15,6 +16,7 @@ from smartspec.storage.objects import (
 
 __all__ = [
     "InMemoryObjectStore",
+    "ObjectMissingError",
     "ObjectStore",
     "S3ObjectStore",
     "StorageError",

@@ -32,6 +32,10 @@ class StorageError(RuntimeError):
     """The store could not be read or written (retryable)."""
 
 
+class ObjectMissingError(StorageError):
+    """The object does not exist (404): a reader may treat it as not written yet."""
+
+
 class StorageIntegrityError(StorageError):
     """An existing object differs from the bytes its content-addressed key promises."""
 
@@ -206,7 +210,14 @@ class S3ObjectStore:
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=key)
             body: bytes = response["Body"].read()
-        except (ClientError, BotoCoreError) as error:
+        except ClientError as error:
+            if _status(error) == 404 or error.response.get("Error", {}).get("Code") in {
+                "NoSuchKey",
+                "404",
+            }:
+                raise ObjectMissingError(f"s3://{self.bucket}/{key} does not exist") from error
+            raise StorageError(f"cannot read s3://{self.bucket}/{key}: {error}") from error
+        except BotoCoreError as error:
             raise StorageError(f"cannot read s3://{self.bucket}/{key}: {error}") from error
         return body
 
@@ -253,7 +264,7 @@ class InMemoryObjectStore:
         try:
             return self.objects[key]
         except KeyError:
-            raise StorageError(f"{self.uri(key)} does not exist") from None
+            raise ObjectMissingError(f"{self.uri(key)} does not exist") from None
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"

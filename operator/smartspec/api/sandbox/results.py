@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 from enum import IntEnum
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smartspec.api.gateway import RefusalCode
+from smartspec.api.v1alpha1.generationrun import FailureKind
 
 __all__ = ["ExitCode", "ResultDetail", "ResultLine", "parse_result_line"]
 
@@ -40,11 +41,15 @@ class ExitCode(IntEnum):
 class ResultDetail(BaseModel):
     """The fields of a result line's detail that the operator acts on; others are kept."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
     message: str = ""
+    kind: FailureKind | None = None
+    """How the program's attempt failed (absent when it did not)."""
     refusal: RefusalCode | None = None
     """The gateway's refusal code, when a refusal ended the generation."""
+    feedback_sha256: str | None = Field(default=None, alias="feedbackSha256")
+    """sha256 of the generation feedback document the generator stored, if it did."""
 
 
 class ResultLine(BaseModel):

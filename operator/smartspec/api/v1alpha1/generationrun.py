@@ -52,7 +52,11 @@ class ConditionType(StrEnum):
 
 
 class Reason(StrEnum):
-    """Reasons of GenerationRun conditions (PascalCase, stable)."""
+    """Reasons of GenerationRun conditions (PascalCase, stable).
+
+    A failed attempt's Generated or Tested condition, and the Succeeded condition of a run
+    whose last attempt failed, take the attempt's `FailureKind` as their reason.
+    """
 
     ADMITTED = "Admitted"
     SPEC_NOT_FOUND = "SpecNotFound"
@@ -69,17 +73,10 @@ class Reason(StrEnum):
     MODEL_NOT_ALLOWED = "ModelNotAllowed"
     GENERATING = "Generating"
     GENERATED = "Generated"
-    GENERATION_FAILED = "GenerationFailed"
     TESTING = "Testing"
     TESTS_PASSED = "TestsPassed"
-    TESTS_FAILED = "TestsFailed"
-    ATTEMPTS_EXHAUSTED = "AttemptsExhausted"
-    ATTEMPT_TIMEOUT = "AttemptTimeout"
-    OOM_KILLED = "OOMKilled"
-    """A sandbox container reached its memory limit and was killed."""
     RUN_TIMEOUT = "RunTimeout"
     SUSPENDED = "Suspended"
-    SECRET_DETECTED = "SecretDetected"  # noqa: S105 (a reason name, not a secret)
 
 
 class Phase(StrEnum):
@@ -111,6 +108,20 @@ class SpecReference(WireModel):
     """Pin: build only from the revision with this content hash (sha256:<hex>)."""
 
 
+class OutputFormat(StrEnum):
+    """How the llm generator asks the model for files."""
+
+    AUTO = "Auto"
+    """JsonSchema where the gateway says the model enforces a JSON schema, else Text."""
+    JSON_SCHEMA = "JsonSchema"
+    """response_format json_schema: the provider constrains the answer to the files schema."""
+    TEXT = "Text"
+    """The format is only asked for in the prompt; a tolerant parser reads the answer."""
+
+
+MAX_REPAIR_TURNS = 5
+
+
 class GeneratorSettings(WireModel):
     """How code is generated."""
 
@@ -124,6 +135,13 @@ class GeneratorSettings(WireModel):
     """Upper bound of completion tokens for each model call."""
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1, strict=True)
     """Sampling seed passed to providers that support one."""
+    output_format: OutputFormat = OutputFormat.AUTO
+    """Auto, JsonSchema or Text: how the model is asked for its files."""
+    repair_turns: int = Field(default=1, ge=0, le=MAX_REPAIR_TURNS, strict=True)
+    """Follow-up calls within one attempt when an answer cannot be used (each charged and
+    ledgered like any call) before the attempt counts as failed."""
+    feedback_max_bytes: int = Field(default=65_536, ge=1_024, le=1_048_576, strict=True)
+    """Bytes of failure detail and previous files the next attempt's prompt may carry."""
 
     CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
@@ -250,6 +268,39 @@ GenerationRunSpec.CEL_RULES = tuple(
 )
 
 
+class FailureKind(StrEnum):
+    """How an attempt failed: what the next attempt's prompt is told (CORE-004, "Feedback")."""
+
+    ANSWER_NOT_PARSEABLE = "AnswerNotParseable"
+    """The model's answer is not the JSON object asked for (prose, invalid JSON)."""
+    ANSWER_INVALID = "AnswerInvalid"
+    """The answer parses but breaks the format: wrong shape, no files, an unsafe path, an
+    undeclared requirement id, over the size limits."""
+    ANSWER_TRUNCATED = "AnswerTruncated"
+    """The answer was cut off at maxTokens (finish_reason length)."""
+    ANSWER_EMPTY = "AnswerEmpty"
+    """The model answered with no text."""
+    CODE_DOES_NOT_COMPILE = "CodeDoesNotCompile"
+    """A generated Python file has a syntax error or imports a module that does not exist."""
+    CREDENTIAL_DETECTED = "CredentialDetected"
+    """The generated code holds something that looks like a credential."""
+    MODEL_UNAVAILABLE = "ModelUnavailable"
+    """Every route failed (rate limits, provider errors, timeouts) or the gateway was
+    unreachable; nothing was charged for the failed call."""
+    GATEWAY_REFUSED = "GatewayRefused"
+    """The gateway refused the call on the budget or its policy: no attempt can follow."""
+    TESTS_FAILED = "TestsFailed"
+    """The generated tests ran and some failed, errored, or none ran."""
+    TEST_TIMEOUT = "TestTimeout"
+    """The tests did not finish within their time limit."""
+    OOM_KILLED = "OOMKilled"
+    """A sandbox container reached its memory limit and was killed."""
+    ATTEMPT_TIMEOUT = "AttemptTimeout"
+    """A sandbox Job ran past the attempt's deadline."""
+    SANDBOX_ERROR = "SandboxError"
+    """A sandbox program ended without its result: it crashed, or storage failed."""
+
+
 class AttemptResult(StrEnum):
     """Outcome of one attempt."""
 
@@ -272,6 +323,8 @@ class AttemptStatus(WireModel):
     """Running, Passed, Failed (tests failed) or Error (the attempt could not complete)."""
     reason: str | None = Field(default=None, max_length=1024)
     """PascalCase reason of the result."""
+    failure_kind: FailureKind | None = None
+    """How the attempt failed; the next attempt's prompt names it."""
     message: str | None = Field(default=None, max_length=4096)
     """Human-readable detail of the result."""
     tests_passed: int | None = Field(default=None, ge=0)
@@ -406,6 +459,12 @@ class GenerationRun(Resource):
         PrinterColumn("Attempt", "integer", ".status.attempt", "Current attempt"),
         PrinterColumn("Credits", "integer", ".status.usage.credits", "Credits settled"),
         PrinterColumn("Tests", "string", ".status.evidence.summary", "Tests passed/total"),
+        PrinterColumn(
+            "Last-Failure",
+            "string",
+            ".status.attempts[-1:].failureKind",
+            "How the latest attempt failed",
+        ),
         PrinterColumn("Model", "string", ".spec.generator.model", "Model", priority=1),
         PrinterColumn(
             "Reason",
