@@ -76,7 +76,10 @@ class HostRecord:
 
     def save(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        record_path().write_text(json.dumps(asdict(self), indent=1) + "\n")
+        # Written whole, then renamed: another session may be reading it.
+        partial = record_path().with_suffix(".tmp")
+        partial.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        partial.replace(record_path())
 
     @classmethod
     def load(cls) -> HostRecord | None:
