@@ -409,6 +409,21 @@ class Progress(WireModel):
     """Tasks planned."""
 
 
+class Provenance(WireModel):
+    """Where the run's signed attestation is stored (specs/CORE-005-provenance.md)."""
+
+    uri: str = Field(max_length=1024)
+    """S3 URI of the DSSE envelope (an in-toto Statement v1), stored write-once beside the
+    run's artifacts."""
+    sha256: ContentHash
+    """sha256 of the envelope's bytes, as sha256:<hex>."""
+    key_id: str = Field(max_length=128)
+    """Id of the key that signed it: sha256 of the public key's DER SubjectPublicKeyInfo."""
+    predicate_type: str = Field(max_length=256)
+    """https://slsa.dev/provenance/v1 for a Succeeded run,
+    https://smartspec.dev/provenance/failed-run/v1 for a Failed one."""
+
+
 class GenerationRunStatus(WireModel):
     """Observed state of a run. usage is written by the gateway, the rest by the run reconciler."""
 
@@ -441,6 +456,8 @@ class GenerationRunStatus(WireModel):
     """When the run was admitted."""
     completion_time: AwareDatetime | None = None
     """When the run reached Succeeded or Failed."""
+    provenance: Provenance | None = None
+    """The signed attestation of the finished run; absent until it is stored."""
     conditions: list[Condition] = Field(
         default_factory=list, max_length=8, json_schema_extra=CONDITIONS_LIST_SCHEMA
     )
