@@ -16,6 +16,7 @@ import base64
 import hashlib
 import threading
 import urllib.parse
+from datetime import datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -223,6 +224,19 @@ class S3ObjectStore:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+    def list_keys(self, prefix: str) -> list[tuple[str, datetime]]:
+        """(key, last modified) of every object under `prefix` (the provenance of a run
+        finds its transcripts this way, CORE-005)."""
+        found: list[tuple[str, datetime]] = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
+                found += [(item["Key"], item["LastModified"]) for item in page.get("Contents", [])]
+        except (ClientError, BotoCoreError) as error:
+            raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {error}") from error
+        return found
 
 
 def _status(error: ClientError) -> int:
