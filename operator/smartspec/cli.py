@@ -10,6 +10,8 @@ Subcommands:
 - `gateway`   run the LLM gateway, configured by SMARTSPEC_* environment variables
 - `ledger verify`  check a CreditBudget's hash-chained ledger against its spentCredits
 - `storage check`  probe the bucket for conditional writes, `..` keys and upload policies
+- `verify run|attestation`  check a run's signed provenance against the bucket (CORE-005)
+- `provenance public-key|generate-key`  the attestation keys' public part; a new key
 - `demo`      validate and print the example scenario (`make demo` runs it end to end)
 """
 
@@ -20,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic_settings import BaseSettings
@@ -117,12 +119,77 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=_run_storage_check)
 
+    _add_provenance_commands(commands)
+
     demo = commands.add_parser("demo", help="walk through the example scenario")
     demo.add_argument(
         "--example", type=Path, default=DEFAULT_EXAMPLE, help="example directory to use"
     )
     demo.set_defaults(handler=_run_demo)
     return parser
+
+
+def _add_provenance_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    """`verify run|attestation` and `provenance public-key|generate-key` (CORE-005)."""
+    verify = commands.add_parser("verify", help="verify a run's signed provenance")
+    verify_commands = verify.add_subparsers(dest="verify_command", metavar="COMMAND", required=True)
+    run = verify_commands.add_parser(
+        "run", help="the attestation in a run's status, against the bucket and the API"
+    )
+    run.add_argument("run", metavar="NAMESPACE/NAME", help="the GenerationRun")
+    run.set_defaults(handler=_run_verify_run)
+    attestation = verify_commands.add_parser(
+        "attestation", help="a DSSE envelope file, against the bucket (no API access needed)"
+    )
+    attestation.add_argument("file", type=Path, help="the envelope (provenance.dsse.json)")
+    attestation.set_defaults(handler=_run_verify_attestation)
+    for command in (run, attestation):
+        command.add_argument(
+            "--key",
+            type=Path,
+            required=True,
+            help="PEM public key(s) the signature must verify with",
+        )
+
+    provenance = commands.add_parser("provenance", help="attestation key tools")
+    provenance_commands = provenance.add_subparsers(
+        dest="provenance_command", metavar="COMMAND", required=True
+    )
+    public = provenance_commands.add_parser(
+        "public-key", help="print the current key's public PEM (for auditors and cosign --key)"
+    )
+    public.add_argument("--keys-file", type=Path, help="default: $SMARTSPEC_PROVENANCE_KEYS_FILE")
+    public.add_argument("--all", action="store_true", help="every key in the file, with its id")
+    public.set_defaults(handler=_run_public_key)
+    generate = provenance_commands.add_parser(
+        "generate-key", help="print a new private key (PKCS#8 PEM) to put first in the key file"
+    )
+    generate.add_argument("--algorithm", choices=["ecdsa-p256", "ed25519"], default="ecdsa-p256")
+    generate.set_defaults(handler=_run_generate_key)
+
+
+def _run_verify_run(arguments: argparse.Namespace) -> int:
+    from smartspec.provenance.commands import verify_run  # noqa: PLC0415
+
+    return verify_run(arguments.run, arguments.key, sys.stdout, sys.stderr)
+
+
+def _run_verify_attestation(arguments: argparse.Namespace) -> int:
+    from smartspec.provenance.commands import verify_attestation  # noqa: PLC0415
+
+    return verify_attestation(arguments.file, arguments.key, sys.stdout, sys.stderr)
+
+
+def _run_public_key(arguments: argparse.Namespace) -> int:
+    from smartspec.provenance.commands import print_public_keys  # noqa: PLC0415
+
+    return print_public_keys(arguments.keys_file, arguments.all, sys.stdout, sys.stderr)
+
+
+def _run_generate_key(arguments: argparse.Namespace) -> int:
+    from smartspec.provenance.commands import print_new_key  # noqa: PLC0415
+
+    return print_new_key(arguments.algorithm, sys.stdout)
 
 
 def _load_settings(settings_class: type[SettingsT], what: str) -> SettingsT | None:
@@ -140,6 +207,7 @@ def _load_settings(settings_class: type[SettingsT], what: str) -> SettingsT | No
 
 def _run_operator(arguments: argparse.Namespace) -> int:
     # Imported here so the pure commands (crds, validate) start without kopf and boto3.
+    from smartspec.provenance import InvalidProvenanceKeysError  # noqa: PLC0415
     from smartspec.runtime import run_operator  # noqa: PLC0415
     from smartspec.settings import OperatorSettings  # noqa: PLC0415
     from smartspec.storage import StorageError  # noqa: PLC0415
@@ -149,7 +217,7 @@ def _run_operator(arguments: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         run_operator(settings)
-    except (InvalidTokenKeysError, OSError) as error:
+    except (InvalidTokenKeysError, InvalidProvenanceKeysError, OSError) as error:
         print(f"the operator cannot start: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except StorageError as error:
