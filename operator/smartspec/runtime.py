@@ -21,6 +21,7 @@ from smartspec.kube.events import EventRecorder
 from smartspec.logic.run_tokens import parse_token_keys
 from smartspec.logic.storage_check import CheckResult, describe, failures
 from smartspec.observability.logs import configure_logging, get_logger
+from smartspec.provenance import ProvenanceSettings, read_provenance_keys
 from smartspec.reconcilers.budgets import BudgetContext, register_budget_handlers
 from smartspec.reconcilers.runs import RunContext, register_run_handlers
 from smartspec.reconcilers.specs import SpecRegistryContext, register_spec_handlers
@@ -42,6 +43,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
     )
     keys = read_token_keys(settings)  # first: a bad key file stops the start at once
+    provenance = read_provenance_settings(settings)
     kube = KubeClient(load_configuration())
     events = EventRecorder(kube, reporting_instance=socket.gethostname())
     register_spec_handlers(
@@ -53,7 +55,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         ),
     )
     register_budget_handlers(registry, BudgetContext(kube=kube, events=events))
-    register_run_handlers(registry, build_run_context(settings, store, kube, events, keys))
+    context = build_run_context(settings, store, kube, events, keys)
+    register_run_handlers(registry, dataclasses.replace(context, provenance=provenance))
 
     # A fresh registry has none of kopf's default login handlers; use kopf's own in-cluster
     # and kubeconfig readers (no client library involved, so nothing else can shadow them).
@@ -99,6 +102,16 @@ def read_token_keys(settings: OperatorSettings) -> tuple[bytes, ...]:
     # The gateway parses the same file with the same function: both refuse a bad one.
     text = settings.token_keys_file.read_text(encoding="utf-8")
     return parse_token_keys(text, str(settings.token_keys_file))
+
+
+def read_provenance_settings(settings: OperatorSettings) -> ProvenanceSettings | None:
+    """The attestation keys (CORE-005); None without a key file: runs are not attested."""
+    if settings.provenance_keys_file is None:
+        log.warning("No SMARTSPEC_PROVENANCE_KEYS_FILE: finished runs will not be attested")
+        return None
+    ring = read_provenance_keys(settings.provenance_keys_file)
+    log.info("Provenance keys loaded", key_id=ring.signing.key_id, keys=len(ring.keys))
+    return ProvenanceSettings(keys=ring, builder_id=settings.provenance_builder_id)
 
 
 def build_run_context(

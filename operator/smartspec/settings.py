@@ -45,6 +45,13 @@ class OperatorSettings(BaseSettings):
     token_keys_file: Path | None = None
     """Run-token HMAC keys, one per line, current first (the Secret shared with the gateway);
     required for llm runs."""
+    provenance_keys_file: Path | None = None
+    """Attestation signing keys: PEM blocks, current (private) first, ed25519 or ECDSA P-256
+    (CORE-005); unset: finished runs are not attested."""
+    provenance_builder_id: str = Field(
+        default="https://smartspec.dev/operator", min_length=1, max_length=256
+    )
+    """runDetails.builder.id of the attestations: the URI that names this installation."""
     gateway_url: str = "http://smartspec-gateway.smartspec.svc:8000/v1"
     """The gateway's OpenAI-compatible base URL as sandboxes reach it."""
     generator_image: str = "ghcr.io/smartspec/sandbox-generator:0.1.0"

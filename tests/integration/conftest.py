@@ -21,6 +21,7 @@ from testcluster.harness import (
     GatewayProcess,
     OperatorProcess,
     apply_documents,
+    wait_for,
     write_gateway_config,
 )
 from testcluster.plugin import Cluster
@@ -131,20 +132,42 @@ def bind_builders(cluster: Cluster, namespace: str) -> None:
 def start_operator(
     cluster: Cluster, s3: S3Endpoint, operator_rbac: None, tmp_path: Path
 ) -> Iterator[Callable[..., OperatorProcess]]:
-    """Start an operator watching one namespace; it is stopped after the test."""
-    started: list[OperatorProcess] = []
+    """Start an operator watching one namespace; it is stopped after the test, once every
+    run that finished in its namespace carries its signed provenance (CORE-005)."""
+    started: list[tuple[str, OperatorProcess]] = []
 
     def start(namespace: str, **extra_env: str) -> OperatorProcess:
         log_path = tmp_path / f"operator-{len(started)}.log"
         process = OperatorProcess(cluster, s3, [namespace], log_path, extra_env)
         process.start()
-        started.append(process)
+        started.append((namespace, process))
         return process
 
     yield start
-    for process in started:
-        if process.running:
-            process.stop()
+    try:
+        watched = {namespace for namespace, process in started if process.running}
+        for namespace in sorted(watched):
+            wait_for_attestations(cluster.rest("admin"), namespace)
+    finally:
+        for _, process in started:
+            if process.running:
+                process.stop()
+
+
+def wait_for_attestations(rest: Rest, namespace: str) -> None:
+    """Every Succeeded or Failed run in the namespace has status.provenance (CORE-005)."""
+    path = f"/apis/smartspec.dev/v1alpha1/namespaces/{namespace}/generationruns"
+
+    def unattested() -> list[str]:
+        return [
+            run["metadata"]["name"]
+            for run in rest.get(path)["items"]
+            if (run.get("status") or {}).get("phase") in {"Succeeded", "Failed"}
+            and not run["status"].get("provenance")
+        ]
+
+    # The operator waits up to a minute for the gateway's last charges before it signs.
+    wait_for(lambda: not unattested(), f"every finished run in {namespace} to be attested", 90)
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from smartspec.provenance.keys import generate_signing_key
+
 from .controlplane import free_port
 from .plugin import Cluster
 from .rest import ApiException, Rest
@@ -26,6 +28,17 @@ from .s3 import S3Endpoint
 T = TypeVar("T")
 TEST_TOKEN_KEY = b"smartspec-integration-test-key-0123456789abcdef"
 """The run-token HMAC key the test gateways load (tests only)."""
+PROVENANCE_KEYS = "provenance-keys.pem"
+
+
+def provenance_keys(directory: Path) -> Path:
+    """The attestation key file of the operators a test starts (CORE-005): one fresh ECDSA
+    key per test directory, so an operator restarted in the test signs with the same key."""
+    path = directory / PROVENANCE_KEYS
+    if not path.exists():
+        path.write_text(generate_signing_key())
+        path.chmod(0o600)
+    return path
 
 
 def wait_for(
@@ -230,6 +243,7 @@ class OperatorProcess(SmartspecProcess):
             "SMARTSPEC_DEPENDENCY_RECHECK_SECONDS": "5",
             "SMARTSPEC_RUN_PROGRESS_SECONDS": "1",
             "SMARTSPEC_LOG_LEVEL": "DEBUG",
+            "SMARTSPEC_PROVENANCE_KEYS_FILE": str(provenance_keys(log_path.parent)),
             **(extra_env or {}),
         }
         super().__init__(log_path, env, probe_port=liveness_port, metrics_port=metrics_port)

@@ -14,9 +14,11 @@ off (``-disableHttp``), the volume servers require fresh JWT signing keys, every
 (:mod:`testcluster.s3_pki`), and the admin server a random password.
 
 Identities (static S3 config, fresh keys per server): ``admin`` (everything: the tests'
-own reads and writes), and ``operator`` and ``gateway``, scoped to the session's bucket and
-to the key prefixes each one writes (``specs``/``runs`` and ``ledger``/``transcripts``), as
-the chart's ``s3`` values document. See specs/TEST-001-control-plane.md, "S3".
+own reads and writes), ``operator`` and ``gateway``, scoped to the session's bucket and
+to the key prefixes each one writes (``specs``/``runs`` and ``ledger``/``transcripts``; the
+operator also reads ``ledger`` and lists and reads ``transcripts`` for provenance), as
+the chart's ``s3`` values document, and ``auditor``, who may only read the bucket. See
+specs/TEST-001-control-plane.md, "S3".
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ __all__ = ["IDENTITIES", "S3Credentials", "S3Endpoint", "S3Server", "resolve_wee
 
 REGION = "us-east-1"
 BUILD_SCRIPT = "tools/build-seaweedfs.sh"
-IDENTITIES = ("admin", "operator", "gateway")
+IDENTITIES = ("admin", "operator", "gateway", "auditor")
 # The ports `weed mini` opens: each service's HTTP and gRPC port, and the admin server's.
 _PORTS = (
     "master.port",
@@ -133,12 +135,17 @@ def identity_actions(bucket: str) -> dict[str, list[str]]:
             f"{verb}:{bucket}/*/{area}/*"
             for verb in ("Read", "Write")
             for area in ("specs", "runs")
-        ],
+        ]
+        # Provenance (CORE-005): the operator reads the ledger and finds a run's transcripts.
+        + [f"Read:{bucket}/*/{area}/*" for area in ("ledger", "transcripts")]
+        + [f"List:{bucket}/*/transcripts/*"],
         "gateway": [
             f"{verb}:{bucket}/*/{area}/*"
             for verb in ("Read", "Write")
             for area in ("ledger", "transcripts")
         ],
+        # An auditor verifying attestations (CORE-005): reads the bucket, writes nothing.
+        "auditor": [f"Read:{bucket}/*"],
     }
 
 

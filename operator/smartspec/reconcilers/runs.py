@@ -83,6 +83,12 @@ from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
 from smartspec.logic.spec_lint import known_spec
 from smartspec.observability import metrics
 from smartspec.observability.logs import get_logger
+from smartspec.provenance import (
+    AttestationError,
+    ProvenanceSettings,
+    attest_run,
+    lacks_provenance,
+)
 from smartspec.reconcilers.scope import reconcile_scope
 from smartspec.storage import ObjectMissingError, S3ObjectStore, StorageError
 
@@ -104,6 +110,8 @@ class RunContext:
     gateway_base_url: str
     url_ttl_seconds: int
     progress_seconds: float
+    provenance: ProvenanceSettings | None = None
+    """Keys and builder id of the finished runs' attestations (CORE-005); None: none made."""
 
 
 def register_run_handlers(registry: kopf.OperatorRegistry, context: RunContext) -> None:
@@ -121,7 +129,7 @@ def register_run_handlers(registry: kopf.OperatorRegistry, context: RunContext) 
         PLURAL,
         id=TIMER_ID,
         interval=context.progress_seconds,
-        when=_in_progress,
+        when=_in_progress if context.provenance is None else _in_progress_or_unsigned,
         registry=registry,
     )
     async def progress(*, body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
@@ -130,6 +138,10 @@ def register_run_handlers(registry: kopf.OperatorRegistry, context: RunContext) 
 
 def _in_progress(*, status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in {"Succeeded", "Failed"}
+
+
+def _in_progress_or_unsigned(*, status: kopf.Status, **_: Any) -> bool:
+    return _in_progress(status=status) or lacks_provenance(status)
 
 
 async def reconcile_run(body: kopf.Body, patch: kopf.Patch, context: RunContext) -> None:
@@ -144,6 +156,7 @@ async def reconcile_run(body: kopf.Body, patch: kopf.Patch, context: RunContext)
             return
         await _open_usage(body, resource, context)
         if is_terminal(resource):
+            await _attest(resource, patch, context)  # a finished run is only signed
             return
         try:
             observations = await gather(resource, context)
@@ -153,6 +166,16 @@ async def reconcile_run(body: kopf.Body, patch: kopf.Patch, context: RunContext)
             raise kopf.TemporaryError(str(error), delay=5) from error
         await _report(body, resource, decision, context)
         _write(body, patch, resource, decision)
+
+
+async def _attest(run: GenerationRun, patch: kopf.Patch, context: RunContext) -> None:
+    """Sign a finished run's provenance once (CORE-005)."""
+    if context.provenance is None or run.status is None or run.status.provenance is not None:
+        return
+    try:
+        patch.status.update(await attest_run(run, context.kube, context.store, context.provenance))
+    except AttestationError as error:
+        raise kopf.TemporaryError(str(error), delay=error.delay) from error
 
 
 async def _report(
