@@ -26,6 +26,7 @@ import yaml
 from smartspec.builders.admission import build_spec_approval_policy
 from smartspec.builders.jobs import DEFAULT_GATEWAY_POD_LABELS
 from smartspec.gateway.config import load_gateway_config
+from smartspec.provenance.keys import parse_provenance_keys
 from smartspec.settings import GatewaySettings, OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,6 +152,7 @@ def test_default_install_renders_the_expected_objects(default_docs: list[Doc]) -
             "CustomResourceDefinition/specs.smartspec.dev",
             "Deployment/smartspec-gateway",
             "Deployment/smartspec-operator",
+            "Secret/smartspec-provenance-keys",
             "Secret/smartspec-run-token-keys",
             "Service/smartspec-gateway",
             "ServiceAccount/smartspec-gateway",
@@ -352,10 +354,33 @@ def test_run_token_secret_is_generated_and_mounted_in_both(default_docs: list[Do
         assert container_env(deployment)[variable] == f"{mount['mountPath']}/keys"
 
 
+def test_provenance_key_is_generated_kept_and_mounted_in_the_operator_only(
+    default_docs: list[Doc],
+) -> None:
+    """CORE-005, "Keys": one ECDSA P-256 key, kept on uninstall, read by the operator."""
+    secret = one(default_docs, "Secret", "-provenance-keys")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    ring = parse_provenance_keys(base64.b64decode(secret["data"]["keys.pem"]).decode(), "chart")
+    assert ring.signing.algorithm == "ecdsa-p256"
+    operator = one(default_docs, "Deployment", "-operator")
+    spec = operator["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "provenance-keys")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "provenance-keys")
+    assert mount["readOnly"] is True
+    env = container_env(operator)
+    assert env["SMARTSPEC_PROVENANCE_KEYS_FILE"] == f"{mount['mountPath']}/keys.pem"
+    assert env["SMARTSPEC_PROVENANCE_BUILDER_ID"] == "https://smartspec.dev/operator"
+    gateway = one(default_docs, "Deployment", "-gateway")["spec"]["template"]["spec"]
+    assert "provenance-keys" not in {v["name"] for v in gateway["volumes"]}
+
+
 def test_existing_secrets_are_used_not_created(production_docs: list[Doc]) -> None:
     assert not [d for d in production_docs if d["kind"] == "Secret"]
     gateway = one(production_docs, "Deployment", "-gateway")["spec"]["template"]["spec"]
     operator = one(production_docs, "Deployment", "-operator")["spec"]["template"]["spec"]
+    volume = next(v for v in operator["volumes"] if v["name"] == "provenance-keys")
+    assert volume["secret"]["secretName"] == "smartspec-provenance-keys"
     for spec in (gateway, operator):
         volume = next(v for v in spec["volumes"] if v["name"] == "run-token-keys")
         assert volume["secret"]["secretName"] == "smartspec-run-token-keys"

@@ -80,6 +80,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-run-token-keys" (include "smartspec.fullname" .)) .Values.runToken.existingSecret -}}
 {{- end -}}
 
+{{- define "smartspec.provenance.secretName" -}}
+{{- default (printf "%s-provenance-keys" (include "smartspec.fullname" .)) .Values.provenance.existingSecret -}}
+{{- end -}}
+
 {{- define "smartspec.gatewayUrl" -}}
 {{- default (printf "http://%s-gateway.%s.svc:8000/v1" (include "smartspec.fullname" .) .Release.Namespace) .Values.operator.gatewayUrl -}}
 {{- end -}}
