@@ -41,10 +41,11 @@ verify: lint typecheck contracts $(STAMP) ## every static check, and crds/ and d
 	$(BIN)/smartspec crds --check
 	$(BIN)/smartspec manifests --check
 
-testbin: ## build (or reuse) etcd, Kubernetes, helm, SeaweedFS and the real node's tools under ~/.cache
+testbin: ## build (or reuse) etcd, Kubernetes, helm, SeaweedFS, cosign and the real node's tools under ~/.cache
 	tools/build-testbin.sh
 	tools/build-helm.sh
 	tools/build-seaweedfs.sh
+	tools/build-cosign.sh
 	tools/build-node.sh
 
 images: ## build the operator, generator and tester images (buildah, docker or podman)
