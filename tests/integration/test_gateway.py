@@ -540,6 +540,34 @@ def test_malformed_requests_get_clear_errors_and_cost_nothing(
     assert budget_status(cluster.rest("admin"), tenant).get("spentCredits", 0) == 0
 
 
+def test_a_body_that_arrives_in_pieces_is_read_whole(
+    cluster: Cluster, tenant: str, start_gateway: StartGateway, stub: StubServer
+) -> None:
+    """Over a real network a body crosses in several segments; one read returns only the
+    first (seen on the real node: an attempt's prompt cut at 1,777 bytes, HTTP 400)."""
+    create_budget(cluster, tenant, 1_000_000)
+    run = create_run(cluster, tenant)
+    gateway = start_gateway()
+    prompt = "long prompt " * 2_000
+    content = json.dumps(
+        {"model": "stub-model", "messages": [{"role": "user", "content": prompt}]}
+    ).encode()
+
+    def pieces() -> Any:
+        for start in range(0, len(content), 1_000):
+            yield content[start : start + 1_000]
+            time.sleep(0.01)
+
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        content=pieces(),
+        headers={"Authorization": f"Bearer {token_for(run)}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert stub.requests[-1]["messages"][0]["content"] == prompt
+
+
 def test_a_missing_budget_fails_closed(
     cluster: Cluster, tenant: str, start_gateway: StartGateway, stub: StubServer
 ) -> None:

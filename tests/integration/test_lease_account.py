@@ -20,7 +20,7 @@ from smartspec.gateway.accounting import Hold, LeaseAccount, LeaseSettings
 from smartspec.gateway.ledger_store import verify_budget_ledger
 from smartspec.kube.client import KubeClient, load_configuration
 from smartspec.logic.budget import lease_id
-from smartspec.logic.ledger import LedgerDraft
+from smartspec.logic.ledger import Attribution, LedgerDraft
 from smartspec.storage import S3ObjectStore
 from testcluster.plugin import Cluster
 from testcluster.s3 import S3Endpoint
@@ -32,18 +32,12 @@ Books = Callable[..., None]
 LIMIT = 100_000
 
 
+def call(account: LeaseAccount, call_id: str) -> Attribution:
+    return Attribution(account.namespace, "run-1", "uid-1", 1, 1, call_id)
+
+
 def hold(account: LeaseAccount, call_id: str, credits: int) -> None:
-    account.hold(
-        Hold(
-            call_id=call_id,
-            credits=credits,
-            run="run-1",
-            run_uid="uid-1",
-            attempt=1,
-            spec_revision=1,
-            model="stub-model",
-        )
-    )
+    account.hold(Hold(call=call(account, call_id), model="stub-model", credits=credits))
 
 
 def settle(account: LeaseAccount, call_id: str, credits: int) -> None:
@@ -57,11 +51,7 @@ def settle(account: LeaseAccount, call_id: str, credits: int) -> None:
             budget=account.budget,
             holder=account.settings.holder,
             credits=credits,
-            run="run-1",
-            run_uid="uid-1",
-            attempt=1,
-            spec_revision=1,
-            call_id=call_id,
+            call=call(account, call_id),
             model="stub-model",
             prompt_tokens=10,
             completion_tokens=10,

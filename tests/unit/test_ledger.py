@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from smartspec.logic.ledger import (
     GENESIS_HASH,
+    Attribution,
     EntryKind,
     LedgerDraft,
     Segment,
@@ -25,9 +26,7 @@ def draft(kind: EntryKind, credits: int = 0, call: str = "c1") -> LedgerDraft:
         budget="default",
         holder="gw-1",
         credits=credits,
-        run="r1",
-        attempt=1,
-        call_id=call,
+        call=Attribution("team-a", "r1", "uid-1", 1, 1, call),
         model="gpt-4o-mini",
     )
 

@@ -35,11 +35,12 @@ from smartspec.logic.budget import (
     DemandWindow,
     LeaseRequest,
     LeaseResult,
+    credits_left,
     describe_period,
     sync_lease,
 )
 from smartspec.logic.canonical import canonical_json
-from smartspec.logic.ledger import LedgerDraft, chain_segment, segment_key
+from smartspec.logic.ledger import Attribution, LedgerDraft, chain_segment, segment_key
 from smartspec.logic.refusals import BudgetFigures
 from smartspec.observability import metrics
 from smartspec.observability.logs import get_logger
@@ -67,15 +68,18 @@ class BudgetNotFoundError(BudgetUnavailableError):
 class Hold:
     """One call's reservation against the lease."""
 
-    call_id: str
-    credits: int
-    run: str
-    run_uid: str
-    attempt: int
-    spec_revision: int
+    call: Attribution
     model: str
+    credits: int
+    prompt_token_bound: int = 0
+    max_tokens: int = 0
+    """The token bounds `credits` was priced at (charged when the answer reports none)."""
     covered: bool = False
     """Set when the lease lapsed while the call ran: its cost was charged with the lease."""
+
+    @property
+    def call_id(self) -> str:
+        return self.call.call_id
 
 
 @dataclass
@@ -140,8 +144,15 @@ class LeaseAccount:
     @property
     def available(self) -> int:
         """Credits this replica may still reserve without a sync."""
-        in_flight = sum(h.credits for h in self.in_flight.values() if not h.covered)
-        return self.held - in_flight - self.settled_unflushed
+        return credits_left(self.held, self.settled_unflushed, self.in_flight_credits)
+
+    @property
+    def unclaimed(self) -> int:
+        """What is available less what calls waiting for a write asked for: that room is
+        theirs (taking it would send each of them back for another write)."""
+        return credits_left(
+            self.held, self.settled_unflushed, self.in_flight_credits + self.waiting_credits
+        )
 
     @property
     def waiting_credits(self) -> int:
@@ -183,7 +194,9 @@ class LeaseAccount:
     def run_committed(self, run: str, run_uid: str) -> tuple[int, int]:
         """Credits of one run on this replica: (settled and not yet recorded, held in flight)."""
         held = sum(
-            h.credits for h in self.in_flight.values() if h.run == run and h.run_uid == run_uid
+            h.credits
+            for h in self.in_flight.values()
+            if h.call.run == run and h.call.run_uid == run_uid
         )
         delta = self.run_deltas.get((run, run_uid))
         return (delta.credits if delta is not None else 0), held
@@ -221,7 +234,7 @@ class LeaseAccount:
         hold = self.in_flight.pop(call_id)
         if not hold.covered:
             self.settled_unflushed += credits
-        delta = self.run_deltas[(hold.run, hold.run_uid)]
+        delta = self.run_deltas[(hold.call.run, hold.call.run_uid)]
         delta.calls += 1
         delta.prompt_tokens += prompt_tokens
         delta.completion_tokens += completion_tokens

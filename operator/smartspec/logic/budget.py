@@ -165,7 +165,7 @@ def sync_lease(
 
     spent += settled
     reserved_by_others = sum(r.credits for r in others)
-    available = spec.limit_credits - spent - reserved_by_others - in_flight
+    available = credits_left(spec.limit_credits, spent, reserved_by_others + in_flight)
     if spec.enforcement is EnforcementMode.ENFORCE:
         granted = max(0, min(request.headroom_credits, available))
         over = False
@@ -190,7 +190,7 @@ def sync_lease(
         update={
             "spent_credits": spent,
             "reserved_credits": reserved,
-            "remaining_credits": max(0, spec.limit_credits - spent - reserved),
+            "remaining_credits": max(0, credits_left(spec.limit_credits, spent, reserved)),
             "period_start": start,
             "period_end": end,
             "reservations": reservations,
@@ -280,11 +280,22 @@ def model_allowed(policy: ModelPolicy, model: str) -> bool:
     return any(fnmatch.fnmatchcase(model, pattern) for pattern in policy.allow)
 
 
+def credits_left(ceiling: int, spent: int, held: int) -> int:
+    """What `ceiling` leaves once `spent` and `held` are taken out: negative when past it.
+
+    The one formula of every "credits left" (CORE-003, "Budget accounting"): a budget
+    (limit, spent this period, every lease), a lease (its credits, costs settled and not
+    written yet, calls in flight), a run's cap (the cap, the run's usage, its calls in
+    flight). A figure shown to a person is floored at 0 where it is shown.
+    """
+    return ceiling - spent - held
+
+
 def remaining_credits(spec: CreditBudgetSpec, status: CreditBudgetStatus | None) -> int:
-    """Credits neither spent nor held by any lease."""
+    """Credits neither spent nor held by any lease (status.remainingCredits)."""
     if status is None:
         return spec.limit_credits
-    return max(0, spec.limit_credits - status.spent_credits - status.reserved_credits)
+    return max(0, credits_left(spec.limit_credits, status.spent_credits, status.reserved_credits))
 
 
 def lease_id(holder: str) -> str:

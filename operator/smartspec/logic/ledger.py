@@ -44,6 +44,30 @@ EntryKind = Literal[
 
 
 @dataclass(frozen=True)
+class Attribution:
+    """Who made one model call: taken from the run token's claims once, and carried as one
+    value by the call's hold, its ledger entries and its transcript."""
+
+    namespace: str
+    run: str
+    run_uid: str
+    attempt: int
+    spec_revision: int
+    call_id: str
+
+    def to_wire(self) -> dict[str, str | int]:
+        """The camelCase form a transcript records."""
+        return {
+            "namespace": self.namespace,
+            "run": self.run,
+            "runUid": self.run_uid,
+            "attempt": self.attempt,
+            "specRevision": self.spec_revision,
+            "callId": self.call_id,
+        }
+
+
+@dataclass(frozen=True)
 class LedgerDraft:
     """An entry before it is placed on the chain (the gateway records these per call)."""
 
@@ -53,11 +77,8 @@ class LedgerDraft:
     budget: str
     holder: str
     credits: int = 0
-    run: str | None = None
-    run_uid: str | None = None
-    attempt: int | None = None
-    spec_revision: int | None = None
-    call_id: str | None = None
+    call: Attribution | None = None
+    """The model call the entry is about; None for accounting events (rollover, expiry)."""
     model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -131,6 +152,7 @@ def chain_segment(
     sequence = head_sequence
     for draft in drafts:
         sequence += 1
+        call = draft.call
         fields: dict[str, Any] = {
             "sequence": sequence,
             "previous_hash": previous_hash,
@@ -140,11 +162,11 @@ def chain_segment(
             "budget": draft.budget,
             "holder": draft.holder,
             "credits": draft.credits,
-            "run": draft.run,
-            "run_uid": draft.run_uid,
-            "attempt": draft.attempt,
-            "spec_revision": draft.spec_revision,
-            "call_id": draft.call_id,
+            "run": call.run if call else None,
+            "run_uid": call.run_uid if call else None,
+            "attempt": call.attempt if call else None,
+            "spec_revision": call.spec_revision if call else None,
+            "call_id": call.call_id if call else None,
             "model": draft.model,
             "prompt_tokens": draft.prompt_tokens,
             "completion_tokens": draft.completion_tokens,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from smartspec.api.gateway import Constraint, RefusalCode
 from smartspec.api.v1alpha1.creditbudget import ModelPolicy
+from smartspec.logic.budget import credits_left
 
 __all__ = [
     "BudgetFigures",
@@ -24,6 +25,7 @@ __all__ = [
     "Refusal",
     "RefusalCode",
     "RunCap",
+    "binding_refusal",
     "budget_refusal",
     "missing_budget_refusal",
     "model_refusal",
@@ -88,7 +90,7 @@ class BudgetFigures:
 
     @property
     def remaining_credits(self) -> int:
-        return max(0, self.limit_credits - self.spent_credits - self.held_credits)
+        return max(0, credits_left(self.limit_credits, self.spent_credits, self.held_credits))
 
     @property
     def over_limit(self) -> bool:
@@ -109,7 +111,7 @@ class RunCap:
     @property
     def room(self) -> int:
         """Credits the run may still commit (negative when past the cap)."""
-        return self.cap_credits - self.spent_credits - self.held_credits
+        return credits_left(self.cap_credits, self.spent_credits, self.held_credits)
 
 
 def run_cap(
@@ -182,6 +184,16 @@ def run_cap_refusal(run: str, cap: RunCap, need: CallNeed) -> Refusal:
         **_need_figures(need),
     }
     return Refusal(RefusalCode.RUN_CAP_REACHED, Constraint.RUN_CAP, message, numbers)
+
+
+def binding_refusal(
+    run: str, cap: RunCap | None, figures: BudgetFigures, need: CallNeed
+) -> Refusal:
+    """The refusal of a call neither its run's cap nor the budget can cover: the cap binds
+    when its room is below the smallest useful call, whatever the budget holds."""
+    if cap is not None and cap.room < need.required_credits:
+        return run_cap_refusal(run, cap, need)
+    return budget_refusal(figures, need)
 
 
 def model_refusal(namespace: str, budget: str, policy: ModelPolicy, model: str) -> Refusal:

@@ -1,0 +1,204 @@
+"""What a Chat Completions request may ask for, checked before anything is spent.
+
+Contract: specs/CORE-003-gateway-and-budgets.md, section "Protocol".
+
+The accepted body becomes the Router's keyword arguments, so only listed fields pass; the
+prompt's token bound (bytes plus framing) is what the call's worst case is priced at.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from smartspec.gateway.errors import GatewayError, bad_request
+
+DEFAULT_MAX_TOKENS = 4096
+MAX_TOKENS_LIMIT = 1_000_000
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Only these Chat Completions parameters reach the Router. Everything else in a body would be
+# passed to litellm as a keyword argument, where names such as `fallbacks`, `api_base` or
+# `mock_response` steer routing past the budget's model policy. Left out on purpose: what
+# changes the price (service_tier, prediction, audio, web_search_options), asks the provider
+# to keep the data (store, metadata) or streams (stream_options).
+ACCEPTED_PARAMETERS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "n",
+        "stream",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "reasoning_effort",
+        "verbosity",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A checked request: its body as sent, the model and the max_tokens asked for."""
+
+    body: dict[str, Any]
+    model: str
+    max_tokens: int
+
+    @property
+    def prompt_token_bound(self) -> int:
+        return prompt_token_bound(self.body)
+
+    def upstream(self, max_tokens: int) -> dict[str, Any]:
+        """The body sent upstream: max_tokens explicit (the granted number, one name)."""
+        body = {**self.body, "model": self.model, "max_tokens": max_tokens}
+        body.pop("max_completion_tokens", None)
+        return body
+
+
+async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object of at most `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise GatewayError(
+            413, "invalid_request_error", f"request body over {limit} bytes", "body_too_large"
+        )
+    raw = await read_body(request, limit + 1)
+    if len(raw) > limit:
+        raise GatewayError(
+            413, "invalid_request_error", f"request body over {limit} bytes", "body_too_large"
+        )
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise GatewayError(
+            400, "invalid_request_error", f"request body is not JSON: {error}", "invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise GatewayError(
+            400, "invalid_request_error", "request body must be a JSON object", "invalid_json"
+        )
+    return body
+
+
+async def read_body(request: web.Request, most: int) -> bytes:
+    """The body up to `most` bytes. One `read` returns what has arrived so far: a body
+    that crosses the network in several segments needs reading until EOF."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < most:
+        chunk = await request.content.read(most - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> ChatRequest:
+    """The checked request, or a GatewayError naming the first field that is wrong."""
+    unsupported = sorted(set(body) - ACCEPTED_PARAMETERS)
+    if unsupported:
+        raise bad_request(
+            f"unsupported parameter(s) {', '.join(unsupported)}; this gateway accepts "
+            f"{', '.join(sorted(ACCEPTED_PARAMETERS))}",
+            unsupported[0],
+            code="unsupported_parameter",
+        )
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("model is required and must be a string", "model")
+    if model not in served:
+        raise GatewayError(
+            404,
+            "invalid_request_error",
+            f"model {model} is not served by this gateway",
+            "model_not_found",
+            param="model",
+        )
+    if body.get("stream"):
+        raise bad_request(
+            "streaming is not supported by this gateway; send stream: false", "stream"
+        )
+    if body.get("n", 1) != 1:
+        raise bad_request("n must be 1", "n")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("messages must be a non-empty list", "messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise bad_request(
+                f"messages[{index}] needs a role of {sorted(_ROLES)}", f"messages[{index}]"
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise bad_request(
+                f"messages[{index}].content must be a string or a list", f"messages[{index}]"
+            )
+    _validate_tools(body.get("tools"))
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", DEFAULT_MAX_TOKENS))
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not (1 <= max_tokens <= MAX_TOKENS_LIMIT)
+    ):
+        raise bad_request(
+            f"max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}", "max_tokens"
+        )
+    return ChatRequest(body, model, max_tokens)
+
+
+def _validate_tools(tools: object) -> None:
+    """Function tools only: other tool types make litellm or the provider act on their own
+    (litellm's MCP tools would have the gateway connect to a server the request names)."""
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise bad_request("tools must be a list", "tools")
+    for index, tool in enumerate(tools):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if kind != "function" or not isinstance(function, dict):
+            raise bad_request(
+                f"tools[{index}] must be a function tool ({{'type': 'function', 'function': "
+                f"{{...}}}}); type {kind!r} is not supported",
+                f"tools[{index}]",
+                code="unsupported_tool",
+            )
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise bad_request(
+                f"tools[{index}].function.name is required and must be a string", f"tools[{index}]"
+            )
+
+
+def prompt_token_bound(body: dict[str, Any]) -> int:
+    """An upper bound of the prompt's tokens that holds for byte-level BPE tokenizers.
+
+    Such a tokenizer never makes more tokens than the text has UTF-8 bytes; add each
+    message's framing (role and separators) and the tool definitions. It overestimates
+    (about four times for English), which only makes reservations conservative: the
+    settlement charges what the provider reports.
+    """
+    total = 16
+    for message in body.get("messages", []):
+        total += 8 + len(json.dumps(message.get("content"), ensure_ascii=False).encode())
+        total += len(str(message.get("name", "")).encode())
+    if body.get("tools"):
+        total += len(json.dumps(body["tools"], ensure_ascii=False).encode())
+    return total
