@@ -136,7 +136,9 @@ FAULTS: dict[str, Callable[[], Reply]] = {
 
 
 def kills_tester() -> Reply:
-    """A conftest.py that kills the process running pytest's parent: the tester dies
-    without writing a report, as a hostile or broken suite could make it."""
-    kill = "\nimport os as _os, signal as _signal\n_os.kill(_os.getppid(), _signal.SIGKILL)\n"
+    """A conftest.py that stops pytest's parent, the tester, mid-suite: it exits without a
+    report, as when its pod is deleted or evicted. SIGTERM, not SIGKILL: in a real container
+    the tester is PID 1, which ignores SIGKILL sent from inside its own PID namespace; SIGTERM
+    reaches the handler it installs for the kubelet's stop."""
+    kill = "\nimport os as _os, signal as _signal\n_os.kill(_os.getppid(), _signal.SIGTERM)\n"
     return Reply(answer_with(lambda files: {**files, "conftest.py": files["conftest.py"] + kill}))

@@ -280,10 +280,21 @@ def _run_pytest(project: Path, evidence: Path, timeout_seconds: int) -> PytestRu
             start_new_session=True,  # its own process group: one kill reaches its children
         )
         exit_status: int | None
+
+        def stop_tests(signum: int, frame: object) -> None:
+            # Stopped from outside (the Job's deadline, a deleted pod): the tests run in a
+            # session of their own, so they go first, then this program, as SIGTERM asks.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, stop_tests)
         try:
             exit_status = process.wait(timeout=timeout_seconds)
         except subprocess.TimeoutExpired:
             exit_status = None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         # Killed at the limit, or cleaned up after: nothing the tests started outlives them.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
