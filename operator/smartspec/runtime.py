@@ -140,7 +140,8 @@ def build_run_context(
         token_keys=keys,
         gateway_base_url=settings.gateway_url,
         url_ttl_seconds=settings.url_ttl_seconds,
-        progress_seconds=settings.run_progress_seconds,
+        resync_seconds=settings.run_resync_seconds,
+        workers=settings.run_workers,
     )
 
 

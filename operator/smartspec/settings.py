@@ -40,8 +40,11 @@ class OperatorSettings(BaseSettings):
     """kopf peering object for active/standby replicas; unset: standalone (one replica)."""
     dependency_recheck_seconds: int = Field(default=60, ge=5, le=3600)
     """How often a Spec with a missing dependency is re-checked."""
-    run_progress_seconds: float = Field(default=5.0, ge=0.5, le=300)
-    """How often an unfinished GenerationRun looks at its Jobs again."""
+    run_resync_seconds: float = Field(default=600.0, ge=5, le=86400)
+    """A live GenerationRun is looked at again after this long even when no event said it
+    changed (a safety net: its Jobs and Pods are watched)."""
+    run_workers: int = Field(default=16, ge=1, le=256)
+    """GenerationRuns reconciled at once."""
     token_keys_file: Path | None = None
     """Run-token HMAC keys, one per line, current first (the Secret shared with the gateway);
     required for llm runs."""

@@ -11,7 +11,7 @@ without kube-proxy or cluster DNS needs comes in as values (specs/TEST-001-contr
   pair per process (the operator's and the gateway's scoped S3 identities) read through
   `extraEnv` `secretKeyRef`s, since `s3.credentialsSecret` would give both the same keys;
 * sandbox egress to S3 is that address and port (`operator.sandbox.s3Egress`);
-* one gateway replica, and runs looked at every second (`operator.runProgressSeconds`).
+* one gateway replica (runs are reconciled on events: no polling interval to shorten).
 """
 
 from __future__ import annotations
@@ -86,7 +86,6 @@ def local_values(
         "s3": {"bucket": s3.bucket, "endpointUrl": s3.endpoint_url, "region": s3.region},
         "operator": {
             "namespaces": namespaces,
-            "runProgressSeconds": 1,
             "extraEnv": _env(api_host, api_port, s3_keys, "operator"),
             "sandbox": {
                 "s3Egress": [

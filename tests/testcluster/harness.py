@@ -241,7 +241,6 @@ class OperatorProcess(SmartspecProcess):
             "SMARTSPEC_METRICS_PORT": str(metrics_port),
             "SMARTSPEC_LIVENESS_PORT": str(liveness_port),
             "SMARTSPEC_DEPENDENCY_RECHECK_SECONDS": "5",
-            "SMARTSPEC_RUN_PROGRESS_SECONDS": "1",
             "SMARTSPEC_LOG_LEVEL": "DEBUG",
             "SMARTSPEC_PROVENANCE_KEYS_FILE": str(provenance_keys(log_path.parent)),
             **(extra_env or {}),

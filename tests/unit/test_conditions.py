@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from smartspec.logic.conditions import find_condition, is_condition_true, set_condition
+from smartspec.logic.status_patch import status_changes
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
@@ -84,3 +85,13 @@ def test_status_change_moves_transition_time_and_keeps_order() -> None:
 
 def test_missing_condition_is_not_true() -> None:
     assert not is_condition_true([], "Ready")
+
+
+def test_a_status_write_sends_what_changed_and_removes_what_is_gone() -> None:
+    before = {"phase": "Generating", "attempt": 1, "progress": {"done": 1}, "usage": {"calls": 2}}
+    after = {"phase": "Testing", "attempt": 1}
+    assert status_changes(before, after, others=frozenset({"usage"})) == {
+        "phase": "Testing",
+        "progress": None,
+    }
+    assert status_changes(after, after) == {}, "nothing changed: nothing to write"

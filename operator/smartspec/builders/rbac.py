@@ -89,7 +89,8 @@ def build_operator_cluster_role() -> dict[str, Any]:
                 "verbs": ["list", "watch"],
             },
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
-            # Watch our resources; patch them for kopf's annotations (progress, diff base).
+            # Watch our resources; patch them for kopf's annotations (Specs' progress and diff
+            # base) and for a run's spec labels.
             {
                 "apiGroups": [GROUP],
                 "resources": [SPECS, RUNS, BUDGETS],
@@ -113,8 +114,9 @@ def build_operator_cluster_role() -> dict[str, Any]:
                 "resources": ["jobs"],
                 "verbs": ["create", "get", "list", "watch", "patch", "delete"],
             },
-            # Exit codes and termination messages of sandbox pods.
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+            # Exit codes and termination messages of sandbox pods, watched so a pod's change
+            # wakes its run (label-selected: only sandbox pods are sent).
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
             # Instructions Secrets are only ever created (write-only: the operator reads none).
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
             # Per-run egress policies of the sandboxes.

@@ -563,5 +563,23 @@ def feedback_plan(status: GenerationRunStatus, attempt: int) -> FeedbackPlan | N
     )
 
 
+def next_look(
+    run: GenerationRun, decision: Decision, now: datetime, resync_seconds: float
+) -> float | None:
+    """Seconds until the run must be looked at again though nothing reported a change:
+    a recheck it asked for, its total timeout, or the slow resync of a live run (a safety
+    net for a lost event). None for a finished run: it costs nothing from now on."""
+    status = decision.status
+    if status.phase in TERMINAL_PHASES:
+        return None
+    looks = [] if run.spec.suspend else [resync_seconds]
+    if decision.requeue_seconds is not None:
+        looks.append(decision.requeue_seconds)
+    if status.start_time is not None:
+        ends = status.start_time + timedelta(seconds=run.spec.timeouts.total_seconds)
+        looks.append(max(0.0, (ends - now).total_seconds()) + 0.5)
+    return min(looks) if looks else None
+
+
 def is_terminal(run: GenerationRun) -> bool:
     return run.status is not None and run.status.phase in TERMINAL_PHASES

@@ -26,6 +26,7 @@ from smartspec.kube.events import EventRecorder
 from smartspec.logic.budget import accounting_to_open, budget_conditions
 from smartspec.logic.conditions import find_condition, set_condition
 from smartspec.logic.events import EventRecord
+from smartspec.logic.status_patch import status_changes
 from smartspec.observability import metrics
 from smartspec.observability.logs import get_logger
 from smartspec.reconcilers.scope import reconcile_scope
@@ -86,9 +87,11 @@ async def reconcile_budget(body: kopf.Body, patch: kopf.Patch, context: BudgetCo
                 await context.events.record(
                     body, EventRecord("Warning", reason, message), transition=period
                 )
-        wire = [condition.to_wire() for condition in conditions]
-        if wire != [condition.to_wire() for condition in status.conditions]:
-            patch.status["conditions"] = wire
+        stored = {"conditions": [condition.to_wire() for condition in status.conditions]}
+        wanted = {"conditions": [condition.to_wire() for condition in conditions]}
+        if status_changes(stored, wanted):
+            # Only when a condition changed: this write must not loop on its own event.
+            patch.status["conditions"] = wanted["conditions"]
             patch.status["observedGeneration"] = budget.metadata.generation
 
 

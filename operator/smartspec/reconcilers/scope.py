@@ -6,14 +6,16 @@ Contract: specs/CORE-002-spec-registry.md, section "Observability".
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import kopf
 
 from smartspec.observability import metrics
 from smartspec.observability.logs import bind_correlation
+from smartspec.reconcilers.run_context import RetryLater
 
 
 @dataclass
@@ -24,7 +26,7 @@ class Outcome:
 
 
 @contextmanager
-def reconcile_scope(kind: str, body: kopf.Body, name_field: str) -> Iterator[Outcome]:
+def reconcile_scope(kind: str, body: Mapping[str, Any], name_field: str) -> Iterator[Outcome]:
     """Bind the object's uid as correlation id; count and time the reconcile by outcome."""
     metadata = body.get("metadata", {})
     outcome = Outcome()
@@ -36,7 +38,7 @@ def reconcile_scope(kind: str, body: kopf.Body, name_field: str) -> Iterator[Out
         started = time.monotonic()
         try:
             yield outcome
-        except kopf.TemporaryError:
+        except (kopf.TemporaryError, RetryLater):
             outcome.value = "retry"
             raise
         except Exception:

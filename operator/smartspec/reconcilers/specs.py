@@ -40,6 +40,7 @@ from smartspec.logic.spec_registry import (
     events_for,
     next_status,
 )
+from smartspec.logic.status_patch import status_changes
 from smartspec.observability import metrics
 from smartspec.observability.logs import get_logger
 from smartspec.reconcilers.scope import reconcile_scope
@@ -182,12 +183,8 @@ async def _store_snapshot(
 def _write_status(patch: kopf.Patch, before: SpecStatus | None, after: SpecStatus) -> None:
     """Merge-patch only what changed; keys that disappeared are removed explicitly."""
     old = before.to_wire() if before is not None else {}
-    new = after.to_wire()
-    for key, value in new.items():
-        if old.get(key) != value:
-            patch.status[key] = value
-    for key in old.keys() - new.keys():
-        patch.status[key] = None
+    for key, value in status_changes(old, after.to_wire()).items():
+        patch.status[key] = value
 
 
 def _write_unparseable(
