@@ -28,6 +28,7 @@ from smartspec.logic.run_machine import (
     SpecObservation,
     decide,
     feedback_plan,
+    settled,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -412,6 +413,24 @@ def test_deciding_again_after_a_crash_asks_for_the_same_job_only() -> None:
     # Once the Job exists nothing more is asked.
     _, after = step(run, seen(jobs={"todo-api-llm-gen-1": JobObservation(JobState.ACTIVE)}))
     assert after.actions == []
+
+
+def test_a_write_is_settled_only_when_deciding_again_on_it_changes_nothing() -> None:
+    run = load_run(maxAttempts=2)
+    admitted = decide(run, seen(), T0)
+    assert settled(run, seen(), admitted, T0), "the Job it asked for is all there is"
+    run, _ = step(run, seen())
+    jobs = {
+        "todo-api-llm-gen-1": JobObservation(JobState.SUCCEEDED, exit_code=0),
+        "todo-api-llm-test-1": JobObservation(JobState.FAILED, exit_code=1),
+    }
+    observed = seen(jobs=jobs, generator_results={1: GEN_OK}, test_results={1: report(3, 2)})
+    testing = decide(run, observed, T0)
+    assert testing.status.phase == "Testing"
+    assert not settled(run, observed, testing, T0), "its test Job already failed: look again"
+    suspended = run.model_copy(update={"spec": run.spec.model_copy(update={"suspend": True})})
+    active = seen(jobs={"todo-api-llm-gen-1": JobObservation(JobState.ACTIVE)})
+    assert settled(suspended, active, decide(suspended, active, T0), T0)
 
 
 def test_a_local_model_attempt_records_its_sidecar_endpoint() -> None:

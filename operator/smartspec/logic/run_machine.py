@@ -581,5 +581,18 @@ def next_look(
     return min(looks) if looks else None
 
 
+def settled(run: GenerationRun, seen: Observations, decision: Decision, now: datetime) -> bool:
+    """Whether deciding again on the status `decision` writes, with the same observations,
+    changes nothing and asks only for what this decision already did: the echo of that
+    write then carries no news, and the reconciler need not read the run again for it."""
+    after = run.model_copy(update={"status": decision.status})
+    again = decide(after, seen, now)
+    return (
+        not again.events
+        and again.status.to_wire() == decision.status.to_wire()
+        and all(action in decision.actions for action in again.actions)
+    )
+
+
 def is_terminal(run: GenerationRun) -> bool:
     return run.status is not None and run.status.phase in TERMINAL_PHASES

@@ -60,14 +60,23 @@ async def gather(run: GenerationRun, context: RunContext) -> Observations:
     namespace = run.metadata.namespace or ""
     local = local_model_for(run, context.sandbox)
     observations = Observations(
-        spec=await _observe_spec(context.kube, namespace, run.spec.spec_ref.name),
-        budget=await _observe_budget(context.kube, namespace, run),
-        jobs=await observe_jobs(context.kube, namespace, run),
+        spec=None,
+        budget=None,
+        jobs={},
         local_model_port=local.port if local is not None else None,
         run_tokens_configured=bool(context.token_keys),
     )
     status = run.status
-    if status is None or status.pinned_spec is None or status.attempt is None:
+    if status is None or status.pinned_spec is None:
+        # Only admission reads the Spec and the budget; no Job exists before it (one that
+        # a crash left behind is adopted when it is created again).
+        observations.spec, observations.budget = await asyncio.gather(
+            _observe_spec(context.kube, namespace, run.spec.spec_ref.name),
+            _observe_budget(context.kube, namespace, run),
+        )
+        return observations
+    observations.jobs = await observe_jobs(context.kube, namespace, run)
+    if status.attempt is None:
         return observations
     # Only the current attempt's documents decide anything; earlier ones were read when
     # they were current.
@@ -151,6 +160,25 @@ async def observe_jobs(
             observation = replace(observation, pod_ip=pod_ips[name])
         observed[name] = observation
     return observed
+
+
+def sandbox_state(kind: str, body: Mapping[str, Any]) -> str:
+    """What of a sandbox Job or Pod `observe_jobs` turns into a decision: a Job's end or
+    suspension, a Pod's phase and its IP (a local model's endpoint)."""
+    status = body.get("status") or {}
+    if kind == "Pod":
+        ip = status.get("podIP", "") if status.get("phase") == "Running" else ""
+        return f"Pod:{status.get('phase') or 'Pending'}:{ip}"
+    done = {c.get("type") for c in status.get("conditions") or [] if c.get("status") == "True"}
+    for end in ("Complete", "Failed"):
+        if end in done:
+            return f"Job:{end}"
+    return "Job:Suspended" if (body.get("spec") or {}).get("suspend") else "Job:Active"
+
+
+CREATED_STATE = {"Job": "Job:Active", "Pod": "Pod:Pending:"}
+"""The state of a Job or Pod as created: its first event (ours) carries no news."""
+FINISHED_STATES = frozenset({"Job:Complete", "Job:Failed", "Pod:Succeeded:", "Pod:Failed:"})
 
 
 def _job_observation(job: Mapping[str, Any], pod_state: Mapping[str, Any] | None) -> JobObservation:

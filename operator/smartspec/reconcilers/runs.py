@@ -36,7 +36,7 @@ from smartspec.api.v1alpha1.generationrun import (
 from smartspec.builders.jobs import LABEL_RUN, LABEL_RUN_UID
 from smartspec.kube.client import ConflictError, NotFoundError
 from smartspec.logic.canonical import canonical_json
-from smartspec.logic.run_machine import Decision, decide, is_terminal, next_look
+from smartspec.logic.run_machine import Decision, decide, is_terminal, next_look, settled
 from smartspec.logic.status_patch import status_changes
 from smartspec.observability import metrics
 from smartspec.observability.logs import get_logger
@@ -45,7 +45,7 @@ from smartspec.reconcilers.scope import reconcile_scope
 
 from .run_actions import act
 from .run_context import RetryLater, RunContext
-from .run_observe import gather
+from .run_observe import CREATED_STATE, FINISHED_STATES, gather, sandbox_state
 from .work_queue import WorkQueue
 
 __all__ = ["SANDBOX_SELECTOR", "RunContext", "RunReconciler", "register_run_handlers"]
@@ -70,6 +70,10 @@ class RunReconciler:
         self.queue: WorkQueue[RunKey] = WorkQueue(self.reconcile, workers=context.workers)
         self._names: dict[tuple[str, str], str] = {}
         """(namespace, uid) -> name of live runs, to map a sandbox Pod back to its run."""
+        self._sandboxes: dict[str, str] = {}
+        """uid -> `sandbox_state` of live sandbox Jobs and Pods that changed since created."""
+        self._echoes: dict[RunKey, set[str]] = {}
+        """resourceVersions this reconciler wrote that carry no news for it (settled)."""
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ events
@@ -77,9 +81,11 @@ class RunReconciler:
     def on_run_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         metadata = body.get("metadata") or {}
         namespace, name, uid = metadata.get("namespace", ""), metadata["name"], metadata["uid"]
+        key = (namespace, name)
+        echoes = self._echoes.pop(key, set())
         if event_type == "DELETED":
             self._names.pop((namespace, uid), None)
-            self.queue.forget((namespace, name))
+            self.queue.forget(key)
             return
         if (body.get("status") or {}).get("phase") in TERMINAL:
             # Finished: nothing will change it again, and it costs nothing from now on.
@@ -88,11 +94,27 @@ class RunReconciler:
                 self.queue.add((namespace, name))  # once more, to sign it (CORE-005)
             return
         self._names[(namespace, uid)] = name
-        self.queue.add((namespace, name))
+        version = metadata.get("resourceVersion")
+        if version in echoes:
+            # The echo of a write whose reconcile already decided on what it wrote.
+            echoes.discard(version)
+            if echoes:
+                self._echoes[key] = echoes
+            return
+        self.queue.add(key)
 
-    def on_sandbox_event(self, body: Mapping[str, Any]) -> None:
-        """A sandbox Job or Pod changed: its run looks again."""
+    def on_sandbox_event(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A sandbox Job or Pod changed in a way its run decides on: the run looks again.
+        Other changes (a Job's active count, a Pod being created) carry no news for it."""
         metadata = body.get("metadata") or {}
+        uid = metadata.get("uid", "")
+        state = sandbox_state(kind, body)
+        before = self._sandboxes.pop(uid, CREATED_STATE[kind])
+        if event_type != "DELETED":
+            if state not in FINISHED_STATES:
+                self._sandboxes[uid] = state  # finished ones cost nothing from now on
+            if state == before:
+                return
         namespace = metadata.get("namespace", "")
         owners = metadata.get("ownerReferences") or []
         owner = next((ref for ref in owners if ref.get("kind") == "GenerationRun"), None)
@@ -147,8 +169,11 @@ class RunReconciler:
                 outcome.value = "retry"
                 return later.delay
             await self._report(body, run, decision)
-            if not await self._write(body, run, decision):
+            written = await self._write(body, run, decision)
+            if written is None:
                 return 0.0  # the gateway wrote first: read again and decide on that
+            if written and settled(run, observations, decision, now):
+                self._echoes[key] = written
             _observe(run, decision)
             return next_look(run, decision, now, self.context.resync_seconds)
 
@@ -180,9 +205,12 @@ class RunReconciler:
         for event in decision.events:
             await self.context.events.record(body, event, transition=state)
 
-    async def _write(self, body: Mapping[str, Any], run: GenerationRun, decision: Decision) -> bool:
-        """The status keys that changed, and the spec labels once pinned; False when the
-        write lost a compare-and-swap (only when it opens `usage`)."""
+    async def _write(
+        self, body: Mapping[str, Any], run: GenerationRun, decision: Decision
+    ) -> set[str] | None:
+        """The status keys that changed, and the spec labels once pinned; the
+        resourceVersions written, or None when the write lost a compare-and-swap (only
+        when it opens `usage`)."""
         metadata = body["metadata"]
         path = f"{API}/namespaces/{metadata['namespace']}/{PLURAL}/{metadata['name']}"
         before = run.status.to_wire() if run.status is not None else {}
@@ -194,19 +222,24 @@ class RunReconciler:
             # overwrites what a gateway wrote first.
             changes["usage"] = Usage().to_wire()
             patch["metadata"] = {"resourceVersion": metadata["resourceVersion"]}
+        written: set[str] = set()
         if changes:
             try:
-                await self.context.kube.merge_patch(f"{path}/status", patch)
+                answer = await self.context.kube.merge_patch(f"{path}/status", patch)
             except ConflictError:
-                return False
+                return None
+            written.add(_version(answer))
         pinned = decision.status.pinned_spec
         if pinned is not None:
             labels = metadata.get("labels") or {}
             wanted = {SPEC_LABEL: pinned.name, SPEC_REVISION_LABEL: str(pinned.revision)}
             missing = {k: v for k, v in wanted.items() if labels.get(k) != v}
             if missing:
-                await self.context.kube.merge_patch(path, {"metadata": {"labels": missing}})
-        return True
+                answer = await self.context.kube.merge_patch(
+                    path, {"metadata": {"labels": missing}}
+                )
+                written.add(_version(answer))
+        return written
 
 
 def register_run_handlers(registry: kopf.OperatorRegistry, context: RunContext) -> RunReconciler:
@@ -220,12 +253,12 @@ def register_run_handlers(registry: kopf.OperatorRegistry, context: RunContext) 
     sandboxes = {LABEL_RUN_UID: kopf.PRESENT}
 
     @kopf.on.event("batch", "v1", "jobs", labels=sandboxes, registry=registry)
-    async def job_event(*, body: kopf.Body, **_: Any) -> None:
-        reconciler.on_sandbox_event(body)
+    async def job_event(*, type: str | None, body: kopf.Body, **_: Any) -> None:
+        reconciler.on_sandbox_event("Job", type, body)
 
     @kopf.on.event("", "v1", "pods", labels=sandboxes, registry=registry)
-    async def pod_event(*, body: kopf.Body, **_: Any) -> None:
-        reconciler.on_sandbox_event(body)
+    async def pod_event(*, type: str | None, body: kopf.Body, **_: Any) -> None:
+        reconciler.on_sandbox_event("Pod", type, body)
 
     @kopf.on.startup(registry=registry)
     async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -239,6 +272,10 @@ def register_run_handlers(registry: kopf.OperatorRegistry, context: RunContext) 
         await reconciler.stop()
 
     return reconciler
+
+
+def _version(answer: Mapping[str, Any]) -> str:
+    return str((answer.get("metadata") or {}).get("resourceVersion", ""))
 
 
 def _observe(run: GenerationRun, decision: Decision) -> None:
