@@ -167,14 +167,36 @@ def resolve_binaries(
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port currently free on `host` (the kernel picks it; a tiny reuse race remains).
+    """A TCP port free on `host`, chosen below the kernel's ephemeral range.
 
-    Ask on the address that will be bound: a port free on loopback can be some connection's
-    local port on the real node's bridge address (a gateway failed to start on one)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+    A port the kernel hands out for bind(0) comes from the same range as the local ports of
+    outgoing connections, so between the check and the server's bind a client's connection
+    could take it (an operator failed to start with EADDRINUSE so). Below that range only
+    listeners bind, and below 30000 no NodePort does. Ask on the address that will be
+    bound: a port free on loopback can be taken on the real node's bridge address."""
+    low = min(_ephemeral_range()[0], NODE_PORTS_START)
+    for _ in range(200):
+        port = PORT_FLOOR + secrets.randbelow(low - PORT_FLOOR)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on {host} between {PORT_FLOOR} and {low}")
+
+
+PORT_FLOOR = 20000
+NODE_PORTS_START = 30000
+"""Kubernetes' NodePort range starts here: a node's proxy rules may claim those ports."""
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return int(low), int(high)
 
 
 # ---------------------------------------------------------------------------------------
