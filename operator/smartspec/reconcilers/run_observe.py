@@ -169,16 +169,12 @@ def sandbox_state(kind: str, body: Mapping[str, Any]) -> str:
     if kind == "Pod":
         ip = status.get("podIP", "") if status.get("phase") == "Running" else ""
         return f"Pod:{status.get('phase') or 'Pending'}:{ip}"
-    done = {c.get("type") for c in status.get("conditions") or [] if c.get("status") == "True"}
-    for end in ("Complete", "Failed"):
-        if end in done:
-            return f"Job:{end}"
-    return "Job:Suspended" if (body.get("spec") or {}).get("suspend") else "Job:Active"
+    return f"Job:{_job_observation(body, None).state.value}"
 
 
 CREATED_STATE = {"Job": "Job:Active", "Pod": "Pod:Pending:"}
 """The state of a Job or Pod as created: its first event (ours) carries no news."""
-FINISHED_STATES = frozenset({"Job:Complete", "Job:Failed", "Pod:Succeeded:", "Pod:Failed:"})
+FINISHED_STATES = frozenset({"Job:Succeeded", "Job:Failed", "Pod:Succeeded:", "Pod:Failed:"})
 
 
 def _job_observation(job: Mapping[str, Any], pod_state: Mapping[str, Any] | None) -> JobObservation:
