@@ -5,11 +5,15 @@ Contract: specs/CORE-002-spec-registry.md, section "Configuration".
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
-from collections.abc import Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import kopf
@@ -18,10 +22,14 @@ from prometheus_client import start_http_server
 from smartspec.api.v1alpha1.spec import KIND as SPEC_KIND
 from smartspec.builders.events import REPORTING_COMPONENT
 from smartspec.builders.jobs import LocalModelSettings, SandboxSettings
+from smartspec.ha import run_while_leader
 from smartspec.kube.client import KubeClient, load_configuration
 from smartspec.kube.events import EventRecorder
+from smartspec.kube.leader import LeaderElector
+from smartspec.logic.leader import LeaderTimings
 from smartspec.logic.run_tokens import parse_token_keys
 from smartspec.logic.storage_check import CheckResult, describe, failures
+from smartspec.observability import metrics
 from smartspec.observability.logs import configure_logging, get_logger
 from smartspec.provenance import ProvenanceSettings, read_provenance_keys
 from smartspec.reconcilers.budgets import BudgetContext, register_budget_handlers
@@ -37,6 +45,8 @@ FINALIZER = "smartspec.dev/finalizer"
 LIST_PAGE_SIZE = 500
 """Objects per page when kopf lists a kind (at start and after a watch expires)."""
 WORKER_IDLE_SECONDS = 0.5
+LEASE_REQUEST_SECONDS = 5.0
+"""Timeout of one Lease read or write: several fit in the renew deadline."""
 
 log = get_logger(__name__)
 
@@ -200,15 +210,44 @@ def run_operator(settings: OperatorSettings) -> None:
         "Starting operator",
         namespaces=settings.namespaces or "all",
         bucket=settings.s3_bucket,
-        peering=settings.peering or "standalone",
+        leader_election=settings.leader_election_namespace or "off",
     )
-    kopf.run(
+    # kopf's peering only pauses lower-priority peers; the Lease decides who runs at all.
+    operate = functools.partial(
+        kopf.operator,
         registry=registry,
-        standalone=settings.peering is None,
-        peering_name=settings.peering,
+        standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=(
             f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
         ),
     )
+    if settings.leader_election_namespace is None:
+        metrics.OPERATOR_LEADER.set(1)  # the only replica there may be
+        with contextlib.suppress(asyncio.CancelledError):
+            asyncio.run(operate())
+        return
+    asyncio.run(
+        run_elected(
+            settings.leader_election_namespace,
+            settings.leader_election_lease,
+            settings.liveness_port,
+            operate,
+        )
+    )
+
+
+async def run_elected(
+    namespace: str, lease: str, liveness_port: int, operate: Callable[[], Awaitable[None]]
+) -> None:
+    """Stand by for the leader-election Lease `namespace/lease`, then operate while holding it."""
+    async with KubeClient(load_configuration(), timeout_seconds=LEASE_REQUEST_SECONDS) as kube:
+        elector = LeaderElector(
+            kube,
+            namespace=namespace,
+            name=lease,
+            identity=f"{socket.gethostname()}_{uuid.uuid4().hex[:12]}",
+            timings=LeaderTimings(),
+        )
+        await run_while_leader(elector, operate, liveness_port)

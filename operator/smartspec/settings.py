@@ -36,8 +36,13 @@ class OperatorSettings(BaseSettings):
     """Port of the Prometheus /metrics endpoint; 0 disables it."""
     liveness_port: int = Field(default=8080, ge=0, le=65535)
     """Port of kopf's /healthz liveness endpoint; 0 disables it."""
-    peering: str | None = None
-    """kopf peering object for active/standby replicas; unset: standalone (one replica)."""
+    leader_election_namespace: str | None = None
+    """Namespace of the leader-election Lease: replicas stand by until they hold it, so
+    several may run (active/standby); unset: no election, exactly one replica may run."""
+    leader_election_lease: str = Field(
+        default="smartspec-operator", min_length=1, max_length=253, pattern=r"^[a-z0-9.-]+$"
+    )
+    """Name of the leader-election Lease (one per installation)."""
     dependency_recheck_seconds: int = Field(default=60, ge=5, le=3600)
     """How often a Spec with a missing dependency is re-checked."""
     run_resync_seconds: float = Field(default=600.0, ge=5, le=86400)

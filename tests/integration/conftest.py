@@ -53,6 +53,7 @@ def operator_rbac(cluster: Cluster, crds: list[str]) -> None:
     """deploy/rbac-operator.yaml, bound to the operator identity and nothing more."""
     admin = cluster.rest("admin")
     apply_documents(admin, DEPLOY / "rbac-operator.yaml")
+    apply_documents(admin, DEPLOY / "rbac-operator-leader-election.yaml")  # bound per test
     apply_documents(admin, DEPLOY / "rbac-users.yaml")
     bind_cluster_role(admin, OPERATOR_ROLE, "User", "operator")
 

@@ -15,41 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from smartspec.api.v1alpha1.spec import SpecSpec
 from smartspec.sandbox import builtin
-from testcluster.harness import TEST_TOKEN_KEY, wait_for
+from testcluster.harness import wait_for
 from testcluster.localnode import LocalNode
 from testcluster.plugin import Cluster
-from testcluster.rest import Rest
+from testcluster.runs import API, example, finished, operator_env, run_status
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "todo-service"
-API = "/apis/smartspec.dev/v1alpha1/namespaces"
-
-
-def example(name: str) -> dict[str, Any]:
-    document = yaml.safe_load((EXAMPLE / name).read_text())
-    assert isinstance(document, dict)
-    return document
-
-
-def run_status(rest: Rest, namespace: str, name: str) -> dict[str, Any]:
-    status: dict[str, Any] = (
-        rest.get(f"{API}/{namespace}/generationruns/{name}").get("status") or {}
-    )
-    return status
-
-
-def finished(rest: Rest, namespace: str, name: str) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        status = run_status(rest, namespace, name)
-        return status if status.get("phase") in {"Succeeded", "Failed"} else None
-
-    return wait_for(probe, f"run {name} to finish", timeout=240)
 
 
 def condition(status: dict[str, Any], kind: str) -> str:
@@ -57,16 +31,6 @@ def condition(status: dict[str, Any], kind: str) -> str:
         if item["type"] == kind:
             return f"{item['status']}/{item['reason']}"
     return "absent"
-
-
-def operator_env(tmp_path: Path, gateway_url: str = "http://127.0.0.1:9/v1") -> dict[str, str]:
-    keys = tmp_path / "operator-token-keys"
-    keys.write_bytes(TEST_TOKEN_KEY + b"\n")
-    return {
-        "SMARTSPEC_TOKEN_KEYS_FILE": str(keys),
-        "SMARTSPEC_GATEWAY_URL": gateway_url,
-        "SMARTSPEC_GATEWAY_NAMESPACE": "smartspec",
-    }
 
 
 def test_builtin_run_succeeds_with_artifacts_and_evidence(

@@ -152,6 +152,8 @@ def test_default_install_renders_the_expected_objects(default_docs: list[Doc]) -
             "CustomResourceDefinition/specs.smartspec.dev",
             "Deployment/smartspec-gateway",
             "Deployment/smartspec-operator",
+            "Role/smartspec-operator-leader-election",
+            "RoleBinding/smartspec-operator-leader-election",
             "Secret/smartspec-provenance-keys",
             "Secret/smartspec-run-token-keys",
             "Service/smartspec-gateway",
@@ -225,7 +227,11 @@ def test_every_pod_meets_pod_security_restricted(helm: Path, values_file: Path) 
 def test_operator_deployment_shape(default_docs: list[Doc]) -> None:
     deployment = one(default_docs, "Deployment", "-operator")
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # A new pod stands by until the old one hands the Lease over: roll, never two leaders.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["smartspec", "operator"]
     probe = container["livenessProbe"]["httpGet"]
@@ -252,6 +258,61 @@ def test_gateway_deployment_shape(default_docs: list[Doc]) -> None:
     assert "envFrom" not in container  # no provider Secret named: no provider keys at all
 
 
+def test_operator_replicas_elect_a_leader_through_a_lease_in_their_namespace(
+    helm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render(
+        helm, *values("default-values.yaml"), "--set", "operator.replicas=2", namespace="platform"
+    )
+    deployment = one(docs, "Deployment", "-operator")
+    assert deployment["spec"]["replicas"] == 2
+    settings_env(deployment, monkeypatch)
+    settings = OperatorSettings()
+    assert settings.leader_election_namespace == "platform"
+    assert settings.leader_election_lease == "smartspec-operator"
+    role, binding = (
+        one(docs, "Role", "-leader-election"),
+        one(docs, "RoleBinding", "-leader-election"),
+    )
+    # Namespaced: a ClusterRole binding would let it rewrite any controller's Lease.
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "platform"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": "platform"}
+    ]
+    cluster_rules = [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"]]
+    assert not [r for r in cluster_rules if "leases" in r["resources"]]
+
+
+def test_without_leader_election_one_replica_is_recreated_never_rolled(helm: Path) -> None:
+    off = ["--set", "operator.leaderElection.enabled=false"]
+    docs = render(helm, *values("default-values.yaml"), *off)
+    deployment = one(docs, "Deployment", "-operator")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "SMARTSPEC_LEADER_ELECTION_NAMESPACE" not in container_env(deployment)
+    assert not [d for d in docs if d["kind"] == "Role"]
+    result = run_helm(
+        helm,
+        "template",
+        "smartspec",
+        str(CHART),
+        *values("default-values.yaml"),
+        *off,
+        "--set",
+        "operator.replicas=2",
+    )
+    assert result.returncode != 0
+    assert "operator.replicas > 1 needs operator.leaderElection.enabled" in result.stderr
+
+
 # ---------------------------------------------------------------- settings and config
 
 
@@ -259,7 +320,7 @@ ALL_OPTIONAL = [
     "--set",
     "s3.endpointUrl=http://minio.storage:9000",
     "--set",
-    "operator.peering=smartspec",
+    "operator.leaderElection.leaseName=smartspec-leader",
     "--set-json",
     'operator.localModels={"llama":{"image":"vllm/vllm-openai:v0.6","port":8000}}',
     "--set-json",
@@ -548,7 +609,12 @@ def bad_values_file(tmp_path: Path, text: str) -> list[str]:
         (["--set", "s3.bucket="], "/s3/bucket", "minLength"),
         (["--set-string", "gateway.replicas=two"], "/gateway/replicas", "want integer"),
         ("operator:\n  replicas: 1.5\n", "/operator/replicas", "want integer"),
-        (["--set", "operator.replicas=2"], "/operator/replicas", "maximum"),
+        (["--set", "operator.replicas=6"], "/operator/replicas", "maximum"),
+        (
+            ["--set", "operator.leaderElection.leaseName=Not_A_Name"],
+            "/operator/leaderElection/leaseName",
+            "",
+        ),
         ("image:\n  tag: 1.0\n", "/image/tag", "want string"),
         (["--set", "logLevel=VERBOSE"], "/logLevel", "must be one of"),
         (

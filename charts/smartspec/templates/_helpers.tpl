@@ -68,6 +68,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{- define "smartspec.operator.leaseName" -}}
+{{- default (printf "%s-operator" (include "smartspec.fullname" .)) .Values.operator.leaderElection.leaseName -}}
+{{- end -}}
+
 {{- define "smartspec.gateway.serviceAccountName" -}}
 {{- if .Values.gateway.serviceAccount.create -}}
 {{- default (printf "%s-gateway" (include "smartspec.fullname" .)) .Values.gateway.serviceAccount.name -}}

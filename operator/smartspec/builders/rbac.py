@@ -132,6 +132,29 @@ def build_operator_cluster_role() -> dict[str, Any]:
     )
 
 
+OPERATOR_LEADER_ELECTION_ROLE = "smartspec-operator-leader-election"
+
+
+def build_operator_leader_election_role() -> dict[str, Any]:
+    """The Lease that operator replicas elect their leader through (CORE-004). Bind it with a
+    RoleBinding in the operator's own namespace only: cluster-wide it would let the operator
+    rewrite any controller's Lease (kube-system's included)."""
+    return _cluster_role(
+        OPERATOR_LEADER_ELECTION_ROLE,
+        "SmartSpec operator replicas: elect one leader through a Lease in their own namespace"
+        " (bind with a RoleBinding there, never cluster-wide).",
+        [
+            # Created by the first replica; each claim and renewal is a compare-and-swap update.
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "verbs": ["get", "create", "update"],
+            },
+        ],
+        aggregate_to=None,
+    )
+
+
 GATEWAY_ROLE = "smartspec-gateway"
 
 

@@ -13,6 +13,7 @@ from smartspec.builders.admission import build_spec_approval_policy
 from smartspec.builders.rbac import (
     build_gateway_cluster_role,
     build_operator_cluster_role,
+    build_operator_leader_election_role,
     build_user_cluster_roles,
 )
 
@@ -23,6 +24,7 @@ def build_static_manifests() -> dict[str, list[dict[str, Any]]]:
         "admission-policies.yaml": build_spec_approval_policy(),
         "rbac-gateway.yaml": [build_gateway_cluster_role()],
         "rbac-operator.yaml": [build_operator_cluster_role()],
+        "rbac-operator-leader-election.yaml": [build_operator_leader_election_role()],
         "rbac-users.yaml": build_user_cluster_roles(),
     }
 

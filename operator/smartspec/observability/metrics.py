@@ -125,3 +125,9 @@ ATTEMPT_DURATION = Histogram(
     ["result"],
     buckets=(5, 10, 30, 60, 120, 300, 600, 1200, 1800),
 )
+
+# ---------------------------------------------------------------- operator replicas
+OPERATOR_LEADER = Gauge(
+    "smartspec_operator_leader",
+    "1 while this operator replica holds the leader-election Lease and reconciles; 0 standby.",
+)
