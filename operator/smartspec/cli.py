@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic_settings import BaseSettings
 
 from smartspec import __version__
+from smartspec.api.manifest_yaml import load_manifest_documents
 from smartspec.api.manifests import (
     ManifestError,
     describe_validation_error,
@@ -368,9 +368,10 @@ def load_manifests(paths: Sequence[Path]) -> list[tuple[str, Resource]]:
     resources: list[tuple[str, Resource]] = []
     for file in files:
         try:
-            documents = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
-        except (OSError, yaml.YAMLError) as error:
-            raise ManifestError(str(file), [f"cannot read YAML: {error}"]) from None
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ManifestError(str(file), [f"cannot read the file: {error}"]) from None
+        documents = load_manifest_documents(text, str(file))
         for index, document in enumerate(documents):
             source = f"{file}#{index}"
             if document is None:
