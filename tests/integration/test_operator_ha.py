@@ -17,13 +17,12 @@ from typing import Any
 
 import pytest
 
-from smartspec.builders.rbac import OPERATOR_LEADER_ELECTION_ROLE
 from smartspec.ha import LEADERSHIP_LOST_EXIT_CODE
 from testcluster.harness import OperatorProcess, wait_for
 from testcluster.localnode import LocalNode
 from testcluster.plugin import Cluster
 from testcluster.rest import Rest
-from testcluster.runs import API, example, finished, operator_env
+from testcluster.runs import API, bind_leader_election, example, finished, operator_env
 
 pytestmark = pytest.mark.integration
 
@@ -36,24 +35,6 @@ def elected_env(tmp_path: Path, namespace: str) -> dict[str, str]:
         "SMARTSPEC_LEADER_ELECTION_NAMESPACE": namespace,
         "SMARTSPEC_LEADER_ELECTION_LEASE": LEASE,
     }
-
-
-def bind_leader_election(rest: Rest, namespace: str) -> None:
-    """The leader-election role, bound in this namespace only (as the chart's Role is)."""
-    rest.post(
-        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
-        {
-            "metadata": {"name": "operator-leader-election"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": OPERATOR_LEADER_ELECTION_ROLE,
-            },
-            "subjects": [
-                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "operator"}
-            ],
-        },
-    )
 
 
 def lease(rest: Rest, namespace: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from smartspec.builders.rbac import OPERATOR_LEADER_ELECTION_ROLE
 from testcluster.harness import TEST_TOKEN_KEY, wait_for
 from testcluster.rest import Rest
 
@@ -45,3 +46,22 @@ def operator_env(tmp_path: Path, gateway_url: str = "http://127.0.0.1:9/v1") -> 
         "SMARTSPEC_GATEWAY_URL": gateway_url,
         "SMARTSPEC_GATEWAY_NAMESPACE": "smartspec",
     }
+
+
+def bind_leader_election(rest: Rest, namespace: str) -> None:
+    """The operator's leader-election role, bound in this namespace only (as the chart's
+    Role is), for operators that keep their Lease there."""
+    rest.post(
+        f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+        {
+            "metadata": {"name": "operator-leader-election"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": OPERATOR_LEADER_ELECTION_ROLE,
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "operator"}
+            ],
+        },
+    )
