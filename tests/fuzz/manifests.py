@@ -133,7 +133,7 @@ def cases(count: int, seed: int) -> list[Case]:
             path = rng.choice(holders)
             del _get(document, path[:-1])[path[-1]]
         elif kind == "deep":
-            _set(document, path, _nested(rng.choice([20, 150, 900])))
+            _set(document, path, _nested(rng.choice([20, 150, 300])))
         if kind == "deep":  # JSON is YAML, and its encoder is not recursive in Python
             text = json.dumps(document, ensure_ascii=False)
         else:

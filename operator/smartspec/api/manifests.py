@@ -5,10 +5,11 @@ Contract: specs/CORE-001-resources.md, section "Validation".
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from smartspec.api.v1alpha1 import API_VERSION, RESOURCES, Resource
 
@@ -18,9 +19,11 @@ _BY_KIND: dict[str, type[Resource]] = {resource.KIND: resource for resource in R
 class ManifestError(ValueError):
     """A manifest is not a valid smartspec.dev resource; `problems` lists each field at fault."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(self, source: str, problems: list[str], fields: frozenset[str] = frozenset()):
         self.source = source
         self.problems = problems
+        self.fields = fields
+        """The wire paths at fault (`spec.period.timeZone`), where the schema named them."""
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
@@ -41,9 +44,13 @@ def parse_manifest(document: Mapping[str, Any], source: str = "<manifest>") -> R
         known = ", ".join(sorted(_BY_KIND))
         raise ManifestError(source, [f"kind: expected one of {known}, got {kind!r}"])
     try:
-        return resource_type.model_validate(dict(document))
+        # As the API server reads it: JSON types exactly (no 0 for false, no "3" for 3), and
+        # a declared field set to null left out (pruned: no field of ours is nullable).
+        text = json.dumps(_without_declared_nulls(resource_type, dict(document)))
+        return resource_type.model_validate_json(text, strict=True)
     except ValidationError as error:
-        raise ManifestError(source, describe_validation_error(error)) from None
+        fields = frozenset(_format_location(detail["loc"]) for detail in error.errors())
+        raise ManifestError(source, describe_validation_error(error), fields) from None
 
 
 def describe_validation_error(error: ValidationError) -> list[str]:
@@ -66,3 +73,33 @@ def _format_location(location: tuple[int | str, ...]) -> str:
         else:
             text = part
     return text
+
+
+def _without_declared_nulls(model: type[BaseModel], data: Any) -> Any:
+    """`data` without the null members that name a field of `model`, at every depth; an
+    unknown key stays, to be refused even when null, as the API server refuses it."""
+    if not isinstance(data, Mapping):
+        return data
+    fields = {field.alias or name: field for name, field in model.model_fields.items()}
+    kept: dict[str, Any] = {}
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:
+            kept[key] = value
+        elif value is not None:
+            kept[key] = _prune(field.annotation, value)
+    return kept
+
+
+def _prune(annotation: Any, value: Any) -> Any:
+    """Prune `value` by the model its annotation names (directly, in a list or an option)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _without_declared_nulls(annotation, value)
+    for inner in get_args(annotation):
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            if isinstance(value, list) and get_origin(annotation) is list:
+                return [_without_declared_nulls(inner, item) for item in value]
+            return _without_declared_nulls(inner, value)
+        if get_args(inner):
+            value = _prune(inner, value)
+    return value

@@ -27,6 +27,7 @@ from smartspec.api.v1alpha1.creditbudget import (
     ModelPolicy,
     Period,
     PeriodType,
+    Reason,
     Reservation,
 )
 
@@ -345,3 +346,16 @@ def budget_conditions(
             ("ThresholdReached", "False", "BelowThresholds", "below every soft threshold")
         )
     return conditions
+
+
+TIME_ZONE_FIELD = "spec.period.timeZone"
+"""The one field the CRD schema admits that the operator's types may still refuse."""
+
+
+def invalid_budget_condition(
+    fields: frozenset[str], problems: list[str]
+) -> tuple[str, ConditionStatus, str, str]:
+    """(type, status, reason, message) of Ready for a budget the API server admitted but the
+    operator's types refuse: the gateway refuses every call against it until it is fixed."""
+    reason = Reason.INVALID_TIME_ZONE if TIME_ZONE_FIELD in fields else Reason.INVALID
+    return ("Ready", "False", reason.value, "; ".join(problems))

@@ -19,11 +19,16 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from smartspec.api.manifests import ManifestError, parse_manifest
 from smartspec.api.v1alpha1 import GROUP, VERSION
 from smartspec.api.v1alpha1.creditbudget import PLURAL, CreditBudget, CreditBudgetStatus
 from smartspec.kube.client import ConflictError, KubeClient, KubeError, custom_object_path
 from smartspec.kube.events import EventRecorder
-from smartspec.logic.budget import accounting_to_open, budget_conditions
+from smartspec.logic.budget import (
+    accounting_to_open,
+    budget_conditions,
+    invalid_budget_condition,
+)
 from smartspec.logic.conditions import find_condition, set_condition
 from smartspec.logic.events import EventRecord
 from smartspec.logic.status_patch import status_changes
@@ -58,11 +63,13 @@ async def reconcile_budget(body: kopf.Body, patch: kopf.Patch, context: BudgetCo
     """Set conditions from the accounting; post an Event for each condition that turned."""
     with reconcile_scope("CreditBudget", body, "budget") as outcome:
         try:
-            budget = CreditBudget.model_validate(dict(body))
-        except ValidationError as error:
-            log.warning("CreditBudget does not parse", error=str(error))
+            budget = parse_manifest(body, "CreditBudget")
+        except ManifestError as error:
+            log.warning("CreditBudget does not parse", problems=error.problems)
             outcome.value = "invalid"
+            await _report_invalid(body, patch, error, context)
             return
+        assert isinstance(budget, CreditBudget)  # noqa: S101 (parse_manifest dispatches on kind)
         status = budget.status or CreditBudgetStatus()
         now = datetime.now(UTC)
         await _open_accounting(body, budget, now, context)
@@ -93,6 +100,38 @@ async def reconcile_budget(body: kopf.Body, patch: kopf.Patch, context: BudgetCo
             # Only when a condition changed: this write must not loop on its own event.
             patch.status["conditions"] = wanted["conditions"]
             patch.status["observedGeneration"] = budget.metadata.generation
+
+
+async def _report_invalid(
+    body: kopf.Body, patch: kopf.Patch, error: ManifestError, context: BudgetContext
+) -> None:
+    """Ready=False naming what is wrong, and one Warning Event per generation: the API server
+    admitted a budget the operator's types refuse (an unknown time zone), and the gateway
+    refuses every call against it until it is fixed."""
+    condition_type, value, reason, message = invalid_budget_condition(error.fields, error.problems)
+    raw = body.get("status") or {}
+    try:
+        conditions = CreditBudgetStatus.model_validate(raw).conditions
+    except ValidationError:
+        conditions = []
+    generation = body.get("metadata", {}).get("generation")
+    wanted = set_condition(
+        conditions,
+        condition_type=condition_type,
+        status=value,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        now=datetime.now(UTC),
+    )
+    stored = {"conditions": [condition.to_wire() for condition in conditions]}
+    written = {"conditions": [condition.to_wire() for condition in wanted]}
+    if status_changes(stored, written):
+        patch.status["conditions"] = written["conditions"]
+        patch.status["observedGeneration"] = generation
+    await context.events.record(
+        body, EventRecord("Warning", reason, message), transition=f"invalid:{generation}"
+    )
 
 
 async def _open_accounting(

@@ -51,6 +51,9 @@ class Reason(StrEnum):
 
     ACCOUNTING_CURRENT = "AccountingCurrent"
     INVALID_TIME_ZONE = "InvalidTimeZone"
+    """spec.period.timeZone names no IANA time zone (a check the CRD schema cannot make)."""
+    INVALID = "Invalid"
+    """The API server admitted a budget the operator's types refuse; the message says why."""
     LIMIT_REACHED = "LimitReached"
     CREDITS_AVAILABLE = "CreditsAvailable"
     THRESHOLD_CROSSED = "ThresholdCrossed"

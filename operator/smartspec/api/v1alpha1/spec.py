@@ -227,8 +227,9 @@ class Interfaces(WireModel):
 
     CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
-            rule="self.endpoints.all(e, !has(e.entity) || "
-            "self.entities.exists(x, x.name == e.entity))",
+            # Both lists may be left out (the schema defaults neither): guard with has().
+            rule="!has(self.endpoints) || self.endpoints.all(e, !has(e.entity) || "
+            "(has(self.entities) && self.entities.exists(x, x.name == e.entity)))",
             message="every endpoint.entity must name an entity declared in interfaces.entities",
             field_path=".endpoints",
         ),
