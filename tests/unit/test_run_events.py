@@ -94,3 +94,60 @@ def test_a_finished_or_deleted_job_wakes_its_run() -> None:
         runs.on_sandbox_event("Job", event, body)
         assert len(runs.queue) == 1, event
         assert runs._sandboxes == {}, "a finished or deleted Job is forgotten"
+
+
+class RecordingKube:
+    """The two calls a refused run makes: read it, write its status."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+
+    async def get(self, path: str) -> dict[str, Any]:
+        return self.body
+
+    async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.patches.append((path, body))
+        return {}
+
+
+class RecordingEvents:
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, str, str]] = []
+
+    async def record(self, involved: Any, record: Any, *, transition: str) -> bool:
+        self.posted.append((record.type, record.reason, record.message))
+        return True
+
+
+async def test_a_run_the_types_refuse_ends_failed_naming_the_field_not_silently_stuck() -> None:
+    # Admitted by an older schema, say: the operator's types refuse a string count.
+    body = {
+        "apiVersion": "smartspec.dev/v1alpha1",
+        "kind": "GenerationRun",
+        "metadata": {"namespace": "team-a", "name": "r", "uid": "u", "generation": 1},
+        "spec": {"specRef": {"name": "s"}, "generator": {"backend": "builtin"}, "maxAttempts": "3"},
+    }
+    kube, events = RecordingKube(body), RecordingEvents()
+    runs = reconciler()
+    runs.context = RunContext(
+        kube=cast("Any", kube),
+        events=cast("Any", events),
+        store=cast("Any", None),
+        sandbox=cast("Any", None),
+        token_keys=(),
+        gateway_base_url="http://gateway",
+        url_ttl_seconds=60,
+    )
+    assert await runs.reconcile(("team-a", "r")) is None
+    [(path, patch)] = kube.patches
+    assert path.endswith("/namespaces/team-a/generationruns/r/status")
+    assert patch["status"]["phase"] == "Failed"
+    [condition] = patch["status"]["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == (
+        "Succeeded",
+        "False",
+        "Invalid",
+    )
+    assert condition["message"].startswith("spec.maxAttempts: ")
+    assert events.posted == [("Warning", "Invalid", condition["message"])]

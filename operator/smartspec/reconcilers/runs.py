@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from smartspec.api.manifests import ManifestError, parse_manifest
 from smartspec.api.v1alpha1 import GROUP, VERSION, Resource
@@ -31,11 +32,15 @@ from smartspec.api.v1alpha1.generationrun import (
     PLURAL,
     GenerationRun,
     GenerationRunStatus,
+    Phase,
+    Reason,
     Usage,
 )
 from smartspec.builders.jobs import LABEL_RUN, LABEL_RUN_UID
 from smartspec.kube.client import ConflictError, NotFoundError
 from smartspec.logic.canonical import canonical_json
+from smartspec.logic.conditions import set_condition
+from smartspec.logic.events import EventRecord
 from smartspec.logic.run_machine import Decision, decide, is_terminal, next_look, settled
 from smartspec.logic.status_patch import status_changes
 from smartspec.observability import metrics
@@ -156,6 +161,7 @@ class RunReconciler:
             except ManifestError as error:
                 log.warning("GenerationRun does not parse", problems=error.problems)
                 outcome.value = "invalid"
+                await self._refuse(body, error)
                 return None
             if not isinstance(run, GenerationRun) or is_terminal(run):
                 return await self._attest(body, run)  # a finished run is only signed
@@ -176,6 +182,36 @@ class RunReconciler:
                 self._echoes[key] = written
             _observe(run, decision)
             return next_look(run, decision, now, self.context.resync_seconds)
+
+    async def _refuse(self, body: Mapping[str, Any], error: ManifestError) -> None:
+        """A run the API server admitted but the types refuse ends Failed, Succeeded=False
+        `Invalid` naming the fields, with one Warning Event: never silently stuck."""
+        metadata = body["metadata"]
+        raw = body.get("status") or {}
+        if raw.get("phase") in TERMINAL:
+            return
+        try:
+            conditions = GenerationRunStatus.model_validate(raw).conditions
+        except ValidationError:
+            conditions = []
+        message = "; ".join(error.problems)
+        wanted = set_condition(
+            conditions,
+            condition_type="Succeeded",
+            status="False",
+            reason=Reason.INVALID,
+            message=message,
+            observed_generation=metadata.get("generation"),
+            now=datetime.now(UTC),
+        )
+        path = f"{API}/namespaces/{metadata['namespace']}/{PLURAL}/{metadata['name']}/status"
+        status = {"phase": Phase.FAILED.value, "conditions": [c.to_wire() for c in wanted]}
+        await self.context.kube.merge_patch(path, {"status": status})
+        await self.context.events.record(
+            body,
+            EventRecord("Warning", Reason.INVALID, message),
+            transition=f"invalid:{metadata.get('generation')}",
+        )
 
     async def _attest(self, body: Mapping[str, Any], run: Resource) -> float | None:
         """Sign a finished run's provenance once (CORE-005); None when there is nothing to do."""

@@ -59,6 +59,8 @@ class Reason(StrEnum):
     """
 
     ADMITTED = "Admitted"
+    INVALID = "Invalid"
+    """The API server admitted a run the operator's types refuse; the message says why."""
     SPEC_NOT_FOUND = "SpecNotFound"
     SPEC_NOT_READY = "SpecNotReady"
     SPEC_NOT_APPROVED = "SpecNotApproved"
