@@ -19,7 +19,11 @@ for each stub answer delay and at 1, 16 and 64 concurrent calls:
    latency there is set by CPU per call (Little's law), not by the gateway's own wait;
 3. reservations per second: calls through the gateway at 64 concurrent (each reserves and
    settles against the budget), next to a per-call compare-and-swap design's ceiling
-   (4 writers doing reserve + settle CAS writes directly on one CreditBudget).
+   (4 writers doing reserve + settle CAS writes directly on one CreditBudget);
+4. streams: time to the first event (TTFB) and to the end of the same streamed answer,
+   straight from the stub (which waits --chunk-delay-ms before each chunk) and through the
+   gateway on both routes, at 1 and 16 concurrent; p50, p99 and the gateway's overhead.
+   `--streams-only` measures only this.
 
 Figures print; nothing is asserted (see specs/CORE-003-gateway-and-budgets.md). Everything
 shares this machine's cores: the client, the stub, the gateway, the S3 server and the API server.
@@ -123,6 +127,43 @@ async def measure_gateway(
     return latencies
 
 
+async def measure_streams(
+    url: str, token: str, concurrency: int, calls: int, model: str = "stub-model"
+) -> tuple[list[float], list[float]]:
+    """Streamed calls (usage asked for): seconds to the first event and to the end of each."""
+    semaphore = asyncio.Semaphore(concurrency)
+    first: list[float] = []
+    total: list[float] = []
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=120)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
+
+        async def one(index: int) -> None:
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": f"benchmark stream {index}"}],
+                "max_tokens": 32,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            async with semaphore:
+                started = time.perf_counter()
+                async with client.post(
+                    f"{url}/v1/chat/completions", json=body, headers=headers
+                ) as response:
+                    response.raise_for_status()
+                    ttfb = None
+                    async for line in response.content:
+                        if ttfb is None and line.startswith(b"data:"):
+                            ttfb = time.perf_counter() - started
+                total.append(time.perf_counter() - started)
+                first.append(ttfb if ttfb is not None else total[-1])
+
+        await asyncio.gather(*(one(index) for index in range(calls)))
+    return first, total
+
+
 async def raw_cas_rate(kubeconfig: Path, seconds: float, writers: int) -> tuple[int, int]:
     """Reserve + settle as two CAS writes per call, from several writers, on one budget."""
     kube = KubeClient(load_configuration(str(kubeconfig)))
@@ -160,6 +201,16 @@ def main() -> None:
         default="0,1000",
         help="stub answer delays to measure at, comma-separated (default 0,1000)",
     )
+    parser.add_argument(
+        "--chunk-delay-ms",
+        type=int,
+        default=10,
+        help="the stub's wait before each streamed chunk (default 10)",
+    )
+    parser.add_argument("--stream-calls", type=int, default=200, help="streams per point")
+    parser.add_argument(
+        "--streams-only", action="store_true", help="measure only time to first byte"
+    )
     parser.add_argument("--passthrough-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -171,7 +222,13 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="smartspec-bench-"))
     with LocalStack(work, bucket="smartspec-bench") as stack:
-        run_benchmarks(stack, arguments.calls, latencies_ms, work)
+        stub_port = free_port()
+        stub_url = f"http://127.0.0.1:{stub_port}"
+        gateway, token = start_gateway(stack, stub_url, work)
+        bench = Bench(gateway, token, stub_port, stub_url, work)
+        if not arguments.streams_only:
+            run_benchmarks(stack, bench, arguments.calls, latencies_ms)
+        run_stream_benchmarks(stack, bench, arguments.stream_calls, arguments.chunk_delay_ms)
 
 
 def serve_passthrough(port: int, upstream: str) -> None:
@@ -218,10 +275,11 @@ class Helper:
             self.process.wait(timeout=10)
 
 
-def start_stub(port: int, latency_ms: int) -> Helper:
+def start_stub(port: int, latency_ms: int, chunk_delay_ms: int = 0) -> Helper:
     """The OpenAI-compatible stub model server (canned answers) with this answer delay."""
     script = str(REPO / "tests" / "stubs" / "openai_stub.py")
-    return Helper([script, "--port", str(port), "--latency-ms", str(latency_ms)], port)
+    delays = ["--latency-ms", str(latency_ms), "--chunk-delay-ms", str(chunk_delay_ms)]
+    return Helper([script, "--port", str(port), *delays], port)
 
 
 def start_passthrough(upstream: str) -> Helper:
@@ -265,6 +323,17 @@ def measured(
         {name: (cpu_seconds(pid) - before[name]) * 1000 / calls for name, pid in processes.items()},
         calls / elapsed,
     )
+
+
+@dataclass(frozen=True)
+class Bench:
+    """The gateway under measurement, its token, and where its stub model listens."""
+
+    gateway: GatewayProcess
+    token: str
+    stub_port: int
+    stub_url: str
+    work: Path
 
 
 def start_gateway(stack: LocalStack, stub_url: str, work: Path) -> tuple[GatewayProcess, str]:
@@ -343,12 +412,11 @@ def another_gateway(stack: LocalStack, work: Path, replica: str) -> GatewayProce
     return gateway
 
 
-def run_benchmarks(stack: LocalStack, calls: int, latencies_ms: list[int], work: Path) -> None:
+def run_benchmarks(stack: LocalStack, bench: Bench, calls: int, latencies_ms: list[int]) -> None:
     if stack.plane is None or stack.s3_server is None:
         raise RuntimeError("the local stack did not start")
-    stub_port = free_port()
-    stub_url = f"http://127.0.0.1:{stub_port}"
-    gateway, token = start_gateway(stack, stub_url, work)
+    gateway, token, work = bench.gateway, bench.token, bench.work
+    stub_port, stub_url = bench.stub_port, bench.stub_url
     passthrough = stack.own(start_passthrough(f"{stub_url}/v1/chat/completions"))
     pids = stack.plane.pids()
     client = {"client": os.getpid()}
@@ -461,6 +529,46 @@ def run_benchmarks(stack: LocalStack, calls: int, latencies_ms: list[int], work:
         f"per-call CAS ceiling: {done / 5.0:.0f} reservations/s (reserve + settle writes, "
         f"4 writers, {conflicts} conflicts in 5 s)"
     )
+
+
+def run_stream_benchmarks(stack: LocalStack, bench: Bench, calls: int, chunk_delay_ms: int) -> None:
+    """Time to the first event and to the end of a stream: stub alone, and via the gateway."""
+    gateway, token, stub_url = bench.gateway, bench.token, bench.stub_url
+    stub = stack.own(start_stub(bench.stub_port, 0, chunk_delay_ms))
+    print(
+        f"streams: {calls} per point; the stub waits {chunk_delay_ms} ms before each of its "
+        "chunks (some 15 for this answer); TTFB = time to the first event; gw = litellm's OpenAI "
+        "provider, direct = transport openai-compatible; overhead against the stub alone"
+    )
+    print(
+        f"{'conc':>4} {'path':>6} {'ttfb p50':>9} {'ttfb p99':>9} {'total p50':>10} "
+        f"{'total p99':>10} {'+ttfb p50':>10} {'+ttfb p99':>10} {'+total p50':>11} "
+        f"{'+total p99':>11}  (ms)"
+    )
+    for concurrency in (1, 16):
+        paths = {
+            "stub": (stub_url, "stub-model"),
+            "gw": (gateway.url, "stub-model"),
+            "direct": (gateway.url, "stub-direct"),
+        }
+        for url, model in paths.values():
+            asyncio.run(measure_streams(url, token, concurrency, 20, model))  # warm-up
+        results = {
+            name: asyncio.run(measure_streams(url, token, concurrency, calls, model))
+            for name, (url, model) in paths.items()
+        }
+        base_first, base_total = results["stub"]
+        for name, (first, total) in results.items():
+            print(
+                f"{concurrency:>4} {name:>6} {ms(statistics.median(first)):>9} "
+                f"{ms(percentile(first, 0.99)):>9} {ms(statistics.median(total)):>10} "
+                f"{ms(percentile(total, 0.99)):>10} "
+                f"{ms(statistics.median(first) - statistics.median(base_first)):>10} "
+                f"{ms(percentile(first, 0.99) - percentile(base_first, 0.99)):>10} "
+                f"{ms(statistics.median(total) - statistics.median(base_total)):>11} "
+                f"{ms(percentile(total, 0.99) - percentile(base_total, 0.99)):>11}"
+            )
+    stub.stop()
 
 
 def ms(seconds: float) -> str:

@@ -507,7 +507,16 @@ def test_malformed_requests_get_clear_errors_and_cost_nothing(
             "body_too_large",
         ),
         "unknown model": (body(model="gpt-99"), 404, "model_not_found"),
-        "streaming": (body(stream=True), 400, "invalid_request"),
+        "stream options without a stream": (
+            body(stream_options={"include_usage": True}),
+            400,
+            "invalid_request",
+        ),
+        "unknown stream option": (
+            body(stream=True, stream_options={"include_obfuscation": False}),
+            400,
+            "unsupported_parameter",
+        ),
         "no messages": (body(messages=[]), 400, "invalid_request"),
         "bad role": (body(messages=[{"role": "wizard", "content": "x"}]), 400, "invalid_request"),
         "float max_tokens": (body(max_tokens=10.5), 400, "invalid_request"),

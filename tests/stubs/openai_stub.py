@@ -2,8 +2,9 @@
 
 A real HTTP server on 127.0.0.1 (aiohttp), not a mock object: the gateway, the `openai`
 client and litellm all reach it over TCP exactly as they would reach a provider. It serves
-`POST /v1/chat/completions` (non-streaming) and `GET /v1/models`; see
+`POST /v1/chat/completions` and `GET /v1/models`; see
 specs/CORE-003-gateway-and-budgets.md for the gateway behaviour the tests drive with it.
+It is a stub: every answer is canned, never generated.
 
 Answers are deterministic: the reply comes from `reply_fn(request body)`, prompt tokens
 are the message characters // 4 (at least 1), and completion tokens are the reply's
@@ -22,6 +23,17 @@ Failures are scripted at run time:
   a `Reply` answers with its own content (a string, or made from the request) and finish
   reason: prose, broken JSON, an empty or a truncated answer, code that fails its tests.
 - `delay_seconds`: wait this long before answering (timeouts, benchmarks).
+
+`stream: true` is answered as the OpenAI API streams (server-sent events: `data: <chunk>`
+lines, then `data: [DONE]`): the role, the same canned answer `chunk_chars` characters per
+chunk, each tool call's name and then its arguments in pieces, an empty delta with the finish
+reason and, when `stream_options.include_usage` asks for it, a last chunk with empty choices
+and the usage (every chunk before it then carries `"usage": null`). Stream faults, from the
+same script: "no-usage" leaves the usage chunk out; "stream-cut" closes the connection after
+`cut_after_chunks` chunks, mid-body, without `[DONE]`. `chunk_delay_seconds` waits before
+each chunk (slow streams, so that a client can leave mid-stream). `streams` records how
+each stream ended: "done", "cut", or "client-gone" when the client closed the connection
+before the last chunk (a cancelled request, as a provider sees it).
 
 In-process use, from sync tests (a background thread runs its own event loop):
 
@@ -51,7 +63,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-__all__ = ["Reply", "ScriptItem", "StubServer", "default_reply", "error_body"]
+__all__ = ["Reply", "ScriptItem", "StreamRecord", "StubServer", "default_reply", "error_body"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,16 @@ class Reply:
     finish_reason: str = "stop"
 
 
-ScriptItem = int | Literal["ok", "not-json", "no-usage", "stall"] | Reply
+ScriptItem = int | Literal["ok", "not-json", "no-usage", "stall", "stream-cut"] | Reply
+
+
+@dataclass
+class StreamRecord:
+    """One streamed answer as the stub sent it."""
+
+    chunks_sent: int = 0
+    ended: Literal["streaming", "done", "cut", "client-gone"] = "streaming"
+
 
 CREATED = 1_700_000_000
 """The fixed `created` timestamp of every answer, so transcripts are reproducible."""
@@ -113,6 +134,14 @@ class StubServer:
     """Every JSON body received on /v1/chat/completions, in order."""
     request_headers: list[dict[str, str]] = field(default_factory=list)
     """The headers of those requests, same order (to check what a gateway forwards)."""
+    chunk_chars: int = 4
+    """Characters of content (or tool-call arguments) per streamed chunk."""
+    chunk_delay_seconds: float = 0.0
+    """Wait before each streamed chunk."""
+    cut_after_chunks: int = 3
+    """A "stream-cut" answer closes the connection after this many chunks."""
+    streams: list[StreamRecord] = field(default_factory=list)
+    """Every streamed answer, in order, and how it ended."""
 
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
@@ -202,7 +231,7 @@ class StubServer:
 
     # ------------------------------------------------------------ handlers
 
-    async def _chat_completions(self, request: web.Request) -> web.Response:
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
         except ValueError:
@@ -217,18 +246,60 @@ class StubServer:
         refusal = _refusal(body)
         if refusal is not None:
             return self._error(400, refusal)
-        model: str = body["model"]
-        messages: list[Any] = body["messages"]
-        max_tokens: int | None = _max_tokens(body)
-
-        if model in self.fail_models:
-            return self._error(self.fail_models[model], f"scripted failure for model {model}")
-        step = self._next_step()
+        step = self._next_step(body["model"])
         if isinstance(step, web.Response):
             return step
         if step == "stall":
             await asyncio.sleep(self.stall_seconds)
-        answer = self._completion(body, model, messages, max_tokens)
+        answer = self._answer(body, step)
+        if body.get("stream"):
+            return await self._stream(request, body, answer, step)
+        if step == "no-usage":
+            del answer["usage"]
+        return web.json_response(answer)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        answer: dict[str, Any],
+        step: ScriptItem | None,
+    ) -> web.StreamResponse:
+        """The answer as server-sent events, with the scripted stream fault if any."""
+        chunks = completion_chunks(
+            answer,
+            include_usage=wants_usage(body),
+            with_usage=step != "no-usage",
+            chunk_chars=self.chunk_chars,
+        )
+        record = StreamRecord()
+        self.streams.append(record)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        events = [sse_event(chunk) for chunk in chunks] + [sse_event("[DONE]")]
+        try:
+            for event in events:
+                if step == "stream-cut" and record.chunks_sent == self.cut_after_chunks:
+                    record.ended = "cut"
+                    if request.transport is not None:
+                        request.transport.close()  # mid-body: no last chunk, no [DONE]
+                    return response
+                if self.chunk_delay_seconds > 0:
+                    await asyncio.sleep(self.chunk_delay_seconds)
+                await response.write(event)
+                record.chunks_sent += 1
+            await response.write_eof()
+        except ConnectionResetError:
+            record.ended = "client-gone"
+            return response
+        record.ended = "done"
+        return response
+
+    def _answer(self, body: dict[str, Any], step: ScriptItem | None) -> dict[str, Any]:
+        """The canned completion, or the scripted Reply's content in its place."""
+        answer = self._completion(body, body["model"], body["messages"], _max_tokens(body))
         if isinstance(step, Reply):
             content = step.content(body) if callable(step.content) else step.content
             choice = answer["choices"][0]
@@ -238,12 +309,12 @@ class StubServer:
             answer["usage"]["total_tokens"] = (
                 answer["usage"]["prompt_tokens"] + answer["usage"]["completion_tokens"]
             )
-        if step == "no-usage":
-            del answer["usage"]
-        return web.json_response(answer)
+        return answer
 
-    def _next_step(self) -> web.Response | ScriptItem | None:
+    def _next_step(self, model: str) -> web.Response | ScriptItem | None:
         """The scripted failure for this request, or the item that shapes its answer."""
+        if model in self.fail_models:
+            return self._error(self.fail_models[model], f"scripted failure for model {model}")
         step: ScriptItem | None = self.script.popleft() if self.script else None
         if step is None and self.default_status is not None:
             step = self.default_status
@@ -318,11 +389,72 @@ class StubServer:
         return web.json_response(error_body(status, message), status=status, headers=headers)
 
 
+def wants_usage(body: dict[str, Any]) -> bool:
+    """Whether the request asked for the usage chunk (`stream_options.include_usage`)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def sse_event(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event: `data: <json>` and a blank line."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+def completion_chunks(
+    answer: dict[str, Any], *, include_usage: bool, with_usage: bool, chunk_chars: int
+) -> list[dict[str, Any]]:
+    """The chunks of a whole `chat.completion` answer; `with_usage` False leaves the usage
+    chunk out even when asked for (a server that omits it)."""
+    choice = answer["choices"][0]
+    message = choice["message"]
+    base = {
+        "id": answer["id"],
+        "object": "chat.completion.chunk",
+        "created": answer["created"],
+        "model": answer["model"],
+        "system_fingerprint": answer.get("system_fingerprint"),
+    }
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        choices = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        extra = {"usage": None} if include_usage else {}
+        return {**base, "choices": choices, **extra}
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    content = message.get("content") or ""
+    chunks += [chunk({"content": piece}) for piece in _pieces(content, chunk_chars)]
+    for index, call in enumerate(message.get("tool_calls") or []):
+        function = call["function"]
+        opening = {"name": function["name"], "arguments": ""}
+        chunks.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {"index": index, "id": call["id"], "type": "function", "function": opening}
+                    ]
+                }
+            )
+        )
+        chunks += [
+            chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+            for piece in _pieces(function["arguments"], chunk_chars)
+        ]
+    chunks.append(chunk({}, choice["finish_reason"]))
+    if include_usage and with_usage:
+        chunks.append({**base, "choices": [], "usage": answer["usage"]})
+    return chunks
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[start : start + size] for start in range(0, len(text), size)]
+
+
 def _refusal(body: dict[str, Any]) -> str | None:
     """Why a completion request is invalid, or None."""
     max_tokens = _max_tokens(body)
-    if body.get("stream"):
-        return "stream=true is not supported by this stub"
+    if body.get("stream_options") is not None and not body.get("stream"):
+        return "stream_options is only allowed when stream is true"
     if not isinstance(body.get("model"), str) or not body["model"]:
         return "'model' is required"
     if not isinstance(body.get("messages"), list) or not body["messages"]:
@@ -384,6 +516,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--latency-ms", type=int, default=0, help="delay before each answer")
     parser.add_argument(
+        "--chunk-delay-ms", type=int, default=0, help="delay before each streamed chunk"
+    )
+    parser.add_argument(
         "--fail-model",
         type=_parse_fail_model,
         action="append",
@@ -404,6 +539,7 @@ def main(argv: list[str] | None = None) -> None:
         fail_models=dict(args.fail_model),
         default_status=None if args.behaviour == "ok" else int(args.behaviour),
         delay_seconds=args.latency_ms / 1000,
+        chunk_delay_seconds=args.chunk_delay_ms / 1000,
     )
     asyncio.run(_serve(stub))
 

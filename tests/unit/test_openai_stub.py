@@ -2,7 +2,8 @@
 
 The gateway tests of specs/CORE-003-gateway-and-budgets.md rely on it, so these tests pin
 what the `openai` client and litellm see: valid completions, usage within max_tokens,
-scripted failures surfacing as the right exceptions, and streaming refused.
+scripted failures surfacing as the right exceptions, and streams in the OpenAI format with
+their faults (no usage, cut mid-way, a client that leaves).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from stubs.openai_stub import CREATED, StubServer
 
@@ -229,13 +232,108 @@ def test_default_status_fails_everything_after_the_script(stub: StubServer) -> N
         client(stub).chat.completions.create(model="stub-model", messages=HELLO)
 
 
-def test_streaming_is_refused(stub: StubServer) -> None:
-    stub.script.append(500)  # a refused request does not consume the script
-    with pytest.raises(openai.BadRequestError, match="stream=true is not supported"):
+def test_openai_client_streams_the_same_answer_with_usage_when_asked(stub: StubServer) -> None:
+    whole = client(stub).chat.completions.create(model="stub-model", messages=HELLO)
+    chunks = list(
+        client(stub).chat.completions.create(
+            model="stub-model",
+            messages=HELLO,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage == whole.usage
+    assert [c.usage for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert [(r.chunks_sent, r.ended) for r in stub.streams] == [(len(chunks) + 1, "done")]
+
+
+def test_a_stream_has_no_usage_unless_asked_or_when_scripted_out(stub: StubServer) -> None:
+    plain = list(
         client(stub).chat.completions.create(model="stub-model", messages=HELLO, stream=True)
-    with pytest.raises(litellm_errors.BadRequestError):
-        litellm_call(stub, stream=True)
-    assert list(stub.script) == [500]
+    )
+    assert all(c.usage is None and c.choices for c in plain)
+    stub.script.append("no-usage")
+    asked = list(
+        client(stub).chat.completions.create(
+            model="stub-model", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert all(c.usage is None and c.choices for c in asked)
+    assert len(asked) == len(plain)
+
+
+def test_a_streamed_tool_call_comes_in_pieces(stub: StubServer) -> None:
+    tool: ChatCompletionToolParam = {
+        "type": "function",
+        "function": {"name": "write_file", "parameters": {}},
+    }
+    chunks = list(
+        client(stub).chat.completions.create(
+            model="stub-model", messages=HELLO, tools=[tool], stream=True
+        )
+    )
+    calls = [call for c in chunks for call in (c.choices[0].delta.tool_calls or [])]
+    assert calls[0].function is not None
+    assert calls[0].function.name == "write_file"
+    assert "".join((call.function.arguments or "") for call in calls if call.function) == (
+        '{"reason": "stub"}'
+    )
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_a_cut_stream_breaks_the_client_mid_answer(stub: StubServer) -> None:
+    stub.script.append("stream-cut")
+    stub.cut_after_chunks = 3
+    received: list[Any] = []
+
+    def read_all() -> None:
+        stream = client(stub).chat.completions.create(
+            model="stub-model", messages=HELLO, stream=True
+        )
+        received.extend(stream)
+
+    # The body ends mid-chunk: the SDK's HTTP client raises it as it reads.
+    with pytest.raises(httpx.RemoteProtocolError):
+        read_all()
+    assert len(received) == 3
+    assert [(r.chunks_sent, r.ended) for r in stub.streams] == [(3, "cut")]
+
+
+def test_litellm_streams_from_the_stub(stub: StubServer) -> None:
+    chunks = list(litellm_call(stub, stream=True, stream_options={"include_usage": True}))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == f"stub reply to 1 message(s): {PROMPT}"
+    assert chunks[-1].usage.prompt_tokens == len(PROMPT) // 4
+
+
+def test_the_stub_sees_a_client_leave_a_slow_stream(stub: StubServer) -> None:
+    stub.chunk_delay_seconds = 0.05
+    stream = client(stub).chat.completions.create(model="stub-model", messages=HELLO, stream=True)
+    for index, _ in enumerate(stream):
+        if index == 1:
+            break
+    stream.close()
+    record = stub.streams[0]
+    for _ in range(600):  # the stub notices at its next write, 0.05 s later
+        if record.ended != "streaming":
+            break
+        time.sleep(0.05)
+    assert record.ended == "client-gone"
+    assert record.chunks_sent < 15, "the rest of the answer was never sent"
+
+
+def test_stream_options_need_a_stream(stub: StubServer) -> None:
+    status, answer = post(
+        stub.url + "/v1/chat/completions",
+        json.dumps(
+            {"model": "m", "messages": HELLO, "stream_options": {"include_usage": True}}
+        ).encode(),
+    )
+    assert (status, answer["error"]["type"]) == (400, "invalid_request_error")
 
 
 @pytest.mark.parametrize(

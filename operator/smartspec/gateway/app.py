@@ -7,7 +7,8 @@ still active → check the budget's model policy → reserve the worst case (cla
 max_tokens to what is left, or refusing) → call upstream through litellm → settle the actual
 cost (or release on failure) → record ledger entries and the transcript. Every refusal
 happens before any provider is contacted and costs nothing. The spending decisions are
-`spending`'s; this module maps them onto HTTP.
+`spending`'s; this module maps them onto HTTP. A streamed call (`stream: true`) takes the same
+steps up to the upstream call; `streaming` relays it, and it is settled however it ends.
 """
 
 from __future__ import annotations
@@ -30,21 +31,26 @@ from smartspec.gateway.chat_request import ChatRequest, read_json, validate_chat
 from smartspec.gateway.config import GatewayConfig
 from smartspec.gateway.errors import GatewayError, fail_closed, refused
 from smartspec.gateway.router import (
+    ChunkStream,
     Completion,
     UpstreamError,
     build_router,
     close_transports,
     complete,
     complete_local,
+    open_local_stream,
+    open_stream,
 )
 from smartspec.gateway.runs import RunCache, local_endpoint
 from smartspec.gateway.spending import Granted, Refused, RunLimits, Spending
+from smartspec.gateway.streaming import SSE_HEADERS, StreamedAnswer, relay, replay_body
 from smartspec.gateway.transcripts import TranscriptMissingError, load_transcript, store_transcript
 from smartspec.kube.client import KubeClient, KubeError
 from smartspec.logic.budget import model_allowed
 from smartspec.logic.ledger import Attribution
 from smartspec.logic.pricing import ModelPrice, PriceTable, UnknownModelPrice
 from smartspec.logic.run_tokens import InvalidRunToken, RunTokenClaims, verify_run_token
+from smartspec.logic.spending import StreamEnd
 from smartspec.observability import metrics
 from smartspec.observability.logs import bind_correlation, get_logger
 from smartspec.storage import ObjectStore
@@ -134,7 +140,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ routes
 
-    async def chat_completions(self, request: web.Request) -> web.Response:
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         claims = self.authenticate(request)
         with bind_correlation(
@@ -150,6 +156,17 @@ class Gateway:
                 return await self._replay(claims, account, call, chat)
             price = self._price(chat.model)
             granted = await self._reserve(account, call, run, chat, price)
+            if chat.stream:
+                return await self._stream(
+                    request,
+                    chat,
+                    run=run,
+                    claims=claims,
+                    account=account,
+                    call=call,
+                    price=price,
+                    granted=granted,
+                )
             upstream_started = time.perf_counter()
             try:
                 result = await self._call_upstream(run, claims, chat.upstream(granted.max_tokens))
@@ -246,6 +263,64 @@ class Gateway:
             openai_compatible=upstream["model"] in self.config.openai_compatible_routes,
         )
 
+    async def _stream(
+        self,
+        request: web.Request,
+        chat: ChatRequest,
+        *,
+        run: dict[str, Any],
+        claims: RunTokenClaims,
+        account: LeaseAccount,
+        call: Attribution,
+        price: ModelPrice,
+        granted: Granted,
+    ) -> web.StreamResponse:
+        """Relay a streamed answer, then settle it: by the usage it carried, else by the
+        conservative count of what it delivered (it ended without usage, broke, or the
+        client left, which closes the upstream request)."""
+        try:
+            upstream = await self._open_stream(run, claims, chat.upstream(granted.max_tokens))
+        except UpstreamError as error:
+            self.spending.release(account, granted.hold, error.kind)
+            raise _upstream_failed(chat.model, error) from None
+        answer = StreamedAnswer()
+        end = StreamEnd.CLIENT_GONE  # until the relay says otherwise (a cancelled handler)
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        try:
+            end = await relay(
+                request,
+                response,
+                upstream,
+                answer,
+                model=chat.model,
+                include_usage=chat.include_usage,
+            )
+        finally:
+            self.spending.settle_stream(
+                account, granted.hold, price, answer.usage, streamed=answer.streamed, end=end
+            )
+            await _closed(upstream)
+        if end is StreamEnd.UPSTREAM_BROKE:
+            metrics.UPSTREAM_ERRORS.labels(model=chat.model, error="stream_broken").inc()
+            log.warning("Upstream stream broke", model=chat.model)
+        if answer.finish_reason is not None:  # a whole answer: replayable
+            payload = json.dumps(answer.completion(chat.model), separators=(",", ":")).encode()
+            self._spawn(self._record_transcript(call, chat.body, payload))
+        return response
+
+    async def _open_stream(
+        self, run: dict[str, Any], claims: RunTokenClaims, upstream: dict[str, Any]
+    ) -> ChunkStream:
+        local = self.config.local_routes.get(upstream["model"])
+        if local is not None:
+            endpoint = local_endpoint(run, claims)
+            return await open_local_stream(local, endpoint, upstream, self.config.num_retries)
+        return await open_stream(
+            self.router,
+            upstream,
+            openai_compatible=upstream["model"] in self.config.openai_compatible_routes,
+        )
+
     async def _replay(
         self, claims: RunTokenClaims, account: LeaseAccount, call: Attribution, chat: ChatRequest
     ) -> web.Response:
@@ -259,9 +334,12 @@ class Gateway:
                 f"replay of {claims.replay_of}: {error}; no live call was made",
                 "transcript_not_found",
             ) from None
-        usage = (json.loads(payload).get("usage") or {}) if payload else {}
+        document = json.loads(payload) if payload else {}
+        usage = document.get("usage") or {}
         tokens = (int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
         self.spending.record_replay(account, call, chat.model, tokens)
+        if chat.stream:
+            return web.Response(body=replay_body(document, chat.include_usage), headers=SSE_HEADERS)
         return web.Response(body=payload, content_type="application/json")
 
     async def _record_transcript(
@@ -327,6 +405,14 @@ def _attribution(claims: RunTokenClaims) -> Attribution:
         spec_revision=claims.spec_revision,
         call_id=uuid.uuid4().hex,
     )
+
+
+async def _closed(upstream: ChunkStream) -> None:
+    """Close an upstream stream; a failure to close is logged, never raised over the answer."""
+    try:
+        await upstream.close()
+    except Exception as error:  # the call is settled; a close that fails changes nothing
+        log.warning("Could not close an upstream stream", error=str(error))
 
 
 def _upstream_failed(model: str, error: UpstreamError) -> GatewayError:

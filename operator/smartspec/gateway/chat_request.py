@@ -22,8 +22,8 @@ _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "functio
 # Only these Chat Completions parameters reach the Router. Everything else in a body would be
 # passed to litellm as a keyword argument, where names such as `fallbacks`, `api_base` or
 # `mock_response` steer routing past the budget's model policy. Left out on purpose: what
-# changes the price (service_tier, prediction, audio, web_search_options), asks the provider
-# to keep the data (store, metadata) or streams (stream_options).
+# changes the price (service_tier, prediction, audio, web_search_options) or asks the
+# provider to keep the data (store, metadata).
 ACCEPTED_PARAMETERS = frozenset(
     {
         "model",
@@ -36,6 +36,7 @@ ACCEPTED_PARAMETERS = frozenset(
         "seed",
         "n",
         "stream",
+        "stream_options",
         "presence_penalty",
         "frequency_penalty",
         "logit_bias",
@@ -54,6 +55,11 @@ ACCEPTED_PARAMETERS = frozenset(
 )
 
 
+# The stream options a client may set: include_usage only decides whether the client gets
+# the usage chunk; the gateway always asks the upstream for it (it settles by it).
+_STREAM_OPTIONS = frozenset({"include_usage"})
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """A checked request: its body as sent, the model and the max_tokens asked for."""
@@ -61,6 +67,9 @@ class ChatRequest:
     body: dict[str, Any]
     model: str
     max_tokens: int
+    stream: bool = False
+    include_usage: bool = False
+    """A streamed request's `stream_options.include_usage`: the client wants the usage chunk."""
 
     @property
     def prompt_token_bound(self) -> int:
@@ -70,6 +79,8 @@ class ChatRequest:
         """The body sent upstream: max_tokens explicit (the granted number, one name)."""
         body = {**self.body, "model": self.model, "max_tokens": max_tokens}
         body.pop("max_completion_tokens", None)
+        if self.stream:
+            body["stream_options"] = {"include_usage": True}
         return body
 
 
@@ -132,10 +143,7 @@ def validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> ChatR
             "model_not_found",
             param="model",
         )
-    if body.get("stream"):
-        raise bad_request(
-            "streaming is not supported by this gateway; send stream: false", "stream"
-        )
+    stream, include_usage = _stream_fields(body)
     if body.get("n", 1) != 1:
         raise bad_request("n must be 1", "n")
     messages = body.get("messages")
@@ -161,7 +169,35 @@ def validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> ChatR
         raise bad_request(
             f"max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}", "max_tokens"
         )
-    return ChatRequest(body, model, max_tokens)
+    return ChatRequest(body, model, max_tokens, stream, include_usage)
+
+
+def _stream_fields(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage), checked as the OpenAI API checks them."""
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad_request("stream must be true or false", "stream")
+    options = body.get("stream_options")
+    if options is None:
+        return stream, False
+    if not stream:
+        raise bad_request("stream_options is only allowed when stream is true", "stream_options")
+    if not isinstance(options, dict):
+        raise bad_request("stream_options must be an object", "stream_options")
+    unknown = sorted(set(options) - _STREAM_OPTIONS)
+    if unknown:
+        raise bad_request(
+            f"unsupported stream option(s) {', '.join(unknown)}; this gateway accepts "
+            "include_usage",
+            f"stream_options.{unknown[0]}",
+            code="unsupported_parameter",
+        )
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise bad_request(
+            "stream_options.include_usage must be true or false", "stream_options.include_usage"
+        )
+    return stream, include_usage
 
 
 def _validate_tools(tools: object) -> None:

@@ -12,12 +12,16 @@ is most of what litellm costs per call (see the section "Measured").
 Failures are raised as litellm's exception classes, by HTTP status, so that the Router
 retries and falls back exactly as it does for its own providers, and router._call maps
 them onto the gateway's error codes.
+
+A streamed request (`stream: true`) is the same POST; once the server answers 200 its
+server-sent events are read as they arrive (`ServerSentChunks`), and closing them closes the
+connection, which is how the server learns the request was cancelled.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -25,7 +29,7 @@ import httpx
 import litellm
 from litellm import exceptions as errors
 from litellm.llms.custom_llm import CustomLLM
-from litellm.types.utils import ModelResponse
+from litellm.types.utils import GenericStreamingChunk, ModelResponse
 
 PROVIDER = "smartspec_openai_compatible"
 """The provider prefix of these deployments' litellm model strings."""
@@ -76,6 +80,72 @@ class OpenAICompatibleTransport(CustomLLM):
         )
         return ModelResponse(**answer)
 
+    async def astreaming(  # type: ignore[override]  # litellm calls it with keywords only
+        self,
+        *,
+        model: str,
+        messages: list[Any],
+        api_base: str,
+        api_key: str | None,
+        optional_params: dict[str, Any],
+        timeout: float | httpx.Timeout | None = None,  # noqa: ASYNC109 - litellm's keyword
+        headers: dict[str, str] | None = None,
+        **_: Any,
+    ) -> AsyncIterator[GenericStreamingChunk]:
+        """litellm's streaming provider entry: a litellm-transport stream fell back to ours."""
+        body: dict[str, Any] = {"model": model, "messages": messages}
+        body.update({k: v for k, v in optional_params.items() if k not in _LITELLM_ONLY})
+        body.update(stream=True, stream_options={"include_usage": True})
+        chunks = await self.open_stream(
+            body, api_base=api_base, api_key=api_key, timeout=timeout, headers=headers
+        )
+        try:
+            async for chunk in chunks:
+                for generic in _generic_chunks(chunk):
+                    yield generic
+        finally:
+            await chunks.aclose()
+
+    async def open_stream(
+        self,
+        body: dict[str, Any],
+        *,
+        api_base: str,
+        api_key: str | None,
+        timeout: float | httpx.Timeout | None,  # noqa: ASYNC109 - the deployment's timeout
+        headers: dict[str, str] | None = None,
+    ) -> ServerSentChunks:
+        """POST a streamed `body`; once the server answers 200, its events to read.
+
+        The deployment's timeout bounds the wait for the answer and every gap between two
+        events, not the whole stream (a long answer streams for longer than any one wait).
+        """
+        model = str(body.get("model"))
+        url, request_headers = _target(api_base, api_key, headers)
+        seconds = _seconds(timeout)
+        try:
+            reply = await self._client().post(
+                url,
+                json=body,
+                headers=request_headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds),
+            )
+            if reply.status != 200:
+                raw = await reply.read()
+                reply.release()
+                raise _status_error(reply.status, _error_message(raw, reply.status), model)
+        except TimeoutError:
+            raise errors.Timeout(
+                message=f"no answer from {url} within {seconds:g} s",
+                model=model,
+                llm_provider=PROVIDER,
+            ) from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise errors.APIConnectionError(
+                message=f"cannot reach {url}: {error}", llm_provider=PROVIDER, model=model
+            ) from None
+        return ServerSentChunks(reply, model)
+
     async def send(
         self,
         body: dict[str, Any],
@@ -87,10 +157,7 @@ class OpenAICompatibleTransport(CustomLLM):
     ) -> dict[str, Any]:
         """POST `body` and return the server's answer as it sent it, once checked."""
         model = str(body.get("model"))
-        request_headers = {**(headers or {}), "Content-Type": "application/json"}
-        if api_key:
-            request_headers["Authorization"] = f"Bearer {api_key}"
-        url = api_base.rstrip("/") + "/chat/completions"
+        url, request_headers = _target(api_base, api_key, headers)
         seconds = _seconds(timeout)
         try:
             async with self._client().post(
@@ -114,6 +181,111 @@ class OpenAICompatibleTransport(CustomLLM):
         if status != 200:
             raise _status_error(status, _error_message(raw, status), model)
         return _checked_answer(raw, model)
+
+
+class ServerSentChunks:
+    """The chunks of one streamed answer, parsed from its server-sent events as they arrive:
+    each `data:` line's JSON object until `data: [DONE]` or the end of the body."""
+
+    def __init__(self, reply: aiohttp.ClientResponse, model: str) -> None:
+        self._reply = reply
+        self._model = model
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self.events()
+
+    async def aclose(self) -> None:
+        """Close the connection (not back to the pool): the server sees the request end."""
+        self._reply.close()
+
+    async def events(self) -> AsyncGenerator[dict[str, Any], None]:
+        """Each event's chunk, in order."""
+        try:
+            async for line in self._reply.content:
+                data = line.strip()
+                if not data.startswith(b"data:"):
+                    continue  # blank separators, comments (keep-alives), event names
+                data = data[len(b"data:") :].strip()
+                if data == b"[DONE]":
+                    return
+                yield _checked_chunk(data, self._model)
+        except TimeoutError:
+            raise errors.Timeout(
+                message="the stream paused past the deployment's timeout",
+                model=self._model,
+                llm_provider=PROVIDER,
+            ) from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise errors.APIConnectionError(
+                message=f"the stream broke: {error}", llm_provider=PROVIDER, model=self._model
+            ) from None
+        except ValueError as error:  # a line longer than the reader's limit
+            raise _malformed(self._model, f"unreadable stream event: {error}") from None
+
+
+def _checked_chunk(data: bytes, model: str) -> dict[str, Any]:
+    """One event's chunk, or a clear error: an event that is not a JSON object, or the
+    error event a server sends when it fails mid-stream."""
+    try:
+        chunk = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _malformed(model, f"a stream event is not JSON: {_clip(data)}") from None
+    if not isinstance(chunk, dict):
+        raise _malformed(model, "a stream event is not a JSON object")
+    error = chunk.get("error")
+    if error is not None:
+        message = error.get("message") if isinstance(error, dict) else error
+        raise errors.APIError(
+            status_code=502,
+            message=f"the server failed mid-stream: {_clip(str(message).encode())}",
+            llm_provider=PROVIDER,
+            model=model,
+        )
+    return chunk
+
+
+def _generic_chunks(chunk: dict[str, Any]) -> list[GenericStreamingChunk]:
+    """One server chunk in litellm's provider-neutral form (one per tool-call fragment)."""
+    choices = chunk.get("choices") or [{}]
+    delta = choices[0].get("delta") or {}
+    finish_reason = choices[0].get("finish_reason") or ""
+    calls = delta.get("tool_calls") or [None]
+    generic: list[GenericStreamingChunk] = []
+    for position, call in enumerate(calls):
+        first, last = position == 0, position == len(calls) - 1
+        tool_use = None
+        if isinstance(call, dict):
+            function = call.get("function") or {}
+            tool_use = {
+                "id": call.get("id"),
+                "type": "function",
+                "function": {
+                    "name": function.get("name"),
+                    "arguments": function.get("arguments") or "",
+                },
+                "index": call.get("index", position),
+            }
+        generic.append(
+            {
+                "text": (delta.get("content") or "") if first else "",
+                "tool_use": tool_use,  # type: ignore[typeddict-item]
+                "is_finished": bool(finish_reason) and last,
+                "finish_reason": finish_reason if last else "",
+                "usage": chunk.get("usage") if last else None,
+                "index": 0,
+            }
+        )
+    return generic
+
+
+def _target(
+    api_base: str, api_key: str | None, headers: dict[str, str] | None
+) -> tuple[str, dict[str, str]]:
+    """The completions URL under `api_base` and the request's headers."""
+    request_headers = {**(headers or {}), "Content-Type": "application/json"}
+    if api_key:
+        request_headers["Authorization"] = f"Bearer {api_key}"
+    return api_base.rstrip("/") + "/chat/completions", request_headers
 
 
 def _seconds(timeout: float | httpx.Timeout | None) -> float | None:

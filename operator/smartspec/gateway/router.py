@@ -5,6 +5,10 @@ Contract: specs/CORE-003-gateway-and-budgets.md, section "Routing".
 litellm is imported only here (and in litellm_costs). Its import would otherwise try to
 download a model cost map at start-up; the environment variable below makes it use the map
 bundled with the package, because a gateway must start the same way with no internet.
+
+A streamed call (`open_stream`) goes through the same Router, retries and fallbacks until the
+upstream answers; its chunks then come back as plain JSON objects (`ChunkStream`), whichever
+transport served them, with usage only when the upstream reported it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -135,7 +139,12 @@ async def _attempt(request: dict[str, Any], **deployment: Any) -> Any:
     upstream_model = str(deployment["model"])
     if upstream_model.startswith(f"{openai_compatible.PROVIDER}/"):
         body = {**request, "model": upstream_model.split("/", 1)[1]}
-        return await openai_compatible.TRANSPORT.send(
+        send = (
+            openai_compatible.TRANSPORT.open_stream
+            if request.get("stream")
+            else openai_compatible.TRANSPORT.send
+        )
+        return await send(
             body,
             api_base=deployment["api_base"],
             api_key=deployment.get("api_key"),
@@ -151,8 +160,25 @@ async def close_transports() -> None:
 
 
 async def _call(call: Awaitable[Any], model: str) -> Completion:
+    response = await _answer(call)
+    # The gateway's own transport returns the server's answer as sent; litellm, its model.
+    if isinstance(response, dict):
+        body: dict[str, Any] = response
+    else:
+        body = response.model_dump(mode="json", exclude_none=True)
+    if "choices" not in body:
+        raise UpstreamError("malformed_answer", 502, "the provider's answer has no choices")
+    served_by = str(body.get("model", model))
+    usage = reported_usage(body.get("usage"))
+    if usage is None:
+        return Completion(body, 0, 0, served_by, usage_reported=False)
+    return Completion(body, *usage, served_by)
+
+
+async def _answer(call: Awaitable[Any]) -> Any:
+    """What the Router (or litellm) returned; UpstreamError when every route failed."""
     try:
-        response = await call
+        return await call
     except openai.APITimeoutError as error:
         raise UpstreamError("timeout", 504, _message(error)) from error
     except openai.APIConnectionError as error:
@@ -162,21 +188,9 @@ async def _call(call: Awaitable[Any], model: str) -> Completion:
     except openai.OpenAIError as error:
         # litellm maps every provider failure onto the OpenAI SDK's error classes.
         raise UpstreamError("provider_error", 502, _message(error)) from error
-    # The gateway's own transport returns the server's answer as sent; litellm, its model.
-    if isinstance(response, dict):
-        body: dict[str, Any] = response
-    else:
-        body = response.model_dump(mode="json", exclude_none=True)
-    if "choices" not in body:
-        raise UpstreamError("malformed_answer", 502, "the provider's answer has no choices")
-    served_by = str(body.get("model", model))
-    usage = _reported_usage(body.get("usage"))
-    if usage is None:
-        return Completion(body, 0, 0, served_by, usage_reported=False)
-    return Completion(body, *usage, served_by)
 
 
-def _reported_usage(usage: object) -> tuple[int, int] | None:
+def reported_usage(usage: object) -> tuple[int, int] | None:
     """(prompt, completion) tokens when the answer reports them as counts, else None.
 
     A prompt of 0 tokens counts as not reported: no model reads nothing, and litellm's
@@ -209,6 +223,109 @@ async def complete_local(
         **_SKIP_MCP,
     }
     return await _call(litellm.acompletion(**params), request["model"])
+
+
+# ---------------------------------------------------------------------- streams
+
+
+@dataclass(frozen=True)
+class ChunkStream:
+    """An upstream's streamed answer: its chunks as JSON objects, as they arrive, and how to
+    stop it. Iterating raises UpstreamError when the stream breaks; `close` (idempotent)
+    closes the upstream connection, which cancels the request there."""
+
+    chunks: AsyncIterator[dict[str, Any]]
+    close: Callable[[], Awaitable[None]]
+
+
+async def open_stream(
+    router: Router, request: dict[str, Any], *, openai_compatible: bool = False
+) -> ChunkStream:
+    """A streamed chat completion, once a route answered; UpstreamError when all failed."""
+    if openai_compatible:
+        response = await _answer(_route_openai_compatible(router, request))
+    else:
+        response = await _answer(router.acompletion(**request, **_SKIP_MCP))
+    return _chunk_stream(response)
+
+
+async def open_local_stream(
+    route: ModelRoute, endpoint: str, request: dict[str, Any], retries: int
+) -> ChunkStream:
+    """A streamed call to one run's local model server."""
+    params = {
+        **request,
+        "model": route.litellm_model,
+        "api_base": endpoint,
+        "api_key": "unused",
+        "timeout": route.timeout_seconds,
+        "max_retries": 0,
+        "num_retries": retries,
+        **_SKIP_MCP,
+    }
+    return _chunk_stream(await _answer(litellm.acompletion(**params)))
+
+
+def _chunk_stream(response: Any) -> ChunkStream:
+    """Either transport's stream as a ChunkStream: the gateway's own events as sent, or
+    litellm's chunk objects as JSON (an openai-compatible route may have fallen back to a
+    litellm one, so the type decides, not the route)."""
+    source = (
+        response.events()
+        if isinstance(response, openai_compatible.ServerSentChunks)
+        else _litellm_chunks(response)
+    )
+    chunks = _broken_as_upstream_error(source)
+
+    async def close() -> None:
+        try:  # finalise the generators now, not at garbage collection
+            await chunks.aclose()
+            await source.aclose()
+        finally:
+            await response.aclose()
+
+    return ChunkStream(chunks, close)
+
+
+async def _litellm_chunks(stream: Any) -> AsyncGenerator[dict[str, Any], None]:
+    """litellm's chunks as JSON objects, without the usage it makes up.
+
+    When the provider sent no usage, litellm's last chunk carries counts of its own tokenizer
+    (stream_chunk_builder). Those are litellm's estimate, not the provider's report: a usage
+    counts only when a chunk the provider sent carried one (litellm keeps those in
+    `stream.chunks`, an internal, hence the pinned release line).
+    """
+    async for chunk in stream:
+        if chunk is None:  # litellm's placeholder after a fallback that did not stream
+            continue
+        body: dict[str, Any] = chunk.model_dump(mode="json", exclude_none=True)
+        if "usage" in body:
+            if not _provider_reported_usage(stream):
+                del body["usage"]
+            if all(_is_empty(choice) for choice in body.get("choices", [])):
+                body["choices"] = []  # the usage chunk, as OpenAI sends it
+                if "usage" not in body:
+                    continue
+        yield body
+
+
+def _provider_reported_usage(stream: Any) -> bool:
+    return any(getattr(chunk, "usage", None) is not None for chunk in getattr(stream, "chunks", []))
+
+
+def _is_empty(choice: dict[str, Any]) -> bool:
+    return not choice.get("finish_reason") and not any(choice.get("delta", {}).values())
+
+
+async def _broken_as_upstream_error(
+    chunks: AsyncIterator[dict[str, Any]],
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The chunks; a failure mid-stream is an UpstreamError (the gateway's own kind)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as error:  # any failure of the upstream ends the stream the same way
+        raise UpstreamError("stream_broken", 502, _message(error)) from error
 
 
 def _classify(status: int) -> tuple[str, int]:

@@ -6,7 +6,8 @@ and "Ledger".
 The HTTP layer asks `reserve` for a call and gets a `Granted` (the hold and the max_tokens
 to send upstream) or a `Refused` (a refusal already written to the ledger, the log and the
 metrics), which it maps onto its answer; after the upstream call it `settle`s the hold with
-what the answer reports, or `release`s it. Every figure comes from smartspec.logic (the
+what the answer reports (`settle_stream` for a streamed answer, however it ended), or
+`release`s it. Every figure comes from smartspec.logic (the
 arithmetic) and every write from smartspec.gateway.accounting (the lease books).
 """
 
@@ -38,7 +39,17 @@ from smartspec.logic.refusals import (
     model_refusal,
     run_cap,
 )
-from smartspec.logic.spending import Charge, Grant, call_need, charge_for, grant_within
+from smartspec.logic.spending import (
+    Charge,
+    Grant,
+    SettledBy,
+    Streamed,
+    StreamEnd,
+    call_need,
+    charge_for,
+    charge_for_stream,
+    grant_within,
+)
 from smartspec.observability import metrics
 from smartspec.observability.logs import get_logger
 
@@ -155,35 +166,40 @@ class Spending:
     ) -> Charge:
         """Charge what the answer reports (the held worst case when it reports nothing
         usable) and record it; the rest of the hold goes back to the lease."""
-        charge = charge_for(
-            price, Grant(hold.credits, hold.max_tokens), hold.prompt_token_bound, usage
-        )
+        charge = charge_for(price, _held(hold), hold.prompt_token_bound, usage)
         detail = f"reserved {hold.credits}"
         if usage is None:
             # Tokens were spent, how many is unknown: the worst case reserved is charged.
             detail += "; the answer reported no token usage: charged the reservation"
-            metrics.UNREPORTED_USAGE.labels(model=hold.model).inc()
-            log.warning(
-                "The answer reported no token usage", model=hold.model, credits=charge.credits
-            )
-        account.settle(hold.call_id, charge.credits, charge.prompt_tokens, charge.completion_tokens)
-        account.record(
-            self._draft(
-                "settle",
-                account,
-                hold.call,
-                hold.model,
-                credits=charge.credits,
-                prompt_tokens=charge.prompt_tokens,
-                completion_tokens=charge.completion_tokens,
-                detail=detail,
-            )
+            self._unreported(hold, charge)
+        self._charge(account, hold, charge, detail, outcome="ok")
+        return charge
+
+    def settle_stream(
+        self,
+        account: LeaseAccount,
+        hold: Hold,
+        price: ModelPrice,
+        usage: tuple[int, int] | None,
+        *,
+        streamed: Streamed,
+        end: StreamEnd,
+    ) -> Charge:
+        """Charge a streamed answer, however it ended: the usage it carried, else the
+        conservative count of what it delivered (never 0, never above the hold)."""
+        charge = charge_for_stream(
+            price, _held(hold), hold.prompt_token_bound, usage, streamed=streamed, end=end
         )
-        metrics.CREDITS.labels(action="settled").inc(charge.credits)
-        metrics.MODEL_CALLS.labels(model=hold.model, outcome="ok").inc()
-        metrics.MODEL_TOKENS.labels(model=hold.model, direction="prompt").inc(charge.prompt_tokens)
-        metrics.MODEL_TOKENS.labels(model=hold.model, direction="completion").inc(
-            charge.completion_tokens
+        detail = f"reserved {hold.credits}; stream {end.value}"
+        if charge.settled_by is not SettledBy.USAGE:
+            detail += (
+                f"; no token usage: charged the prompt's bound and {charge.completion_tokens} "
+                f"completion tokens for {streamed.generated_bytes} bytes in "
+                f"{streamed.generated_chunks} chunks"
+            )
+            self._unreported(hold, charge)
+        self._charge(
+            account, hold, charge, detail, outcome="ok" if end is StreamEnd.FINISHED else end.value
         )
         return charge
 
@@ -216,6 +232,41 @@ class Spending:
         metrics.MODEL_CALLS.labels(model=model, outcome="replayed").inc()
 
     # ------------------------------------------------------------------ steps
+
+    def _charge(
+        self, account: LeaseAccount, hold: Hold, charge: Charge, detail: str, *, outcome: str
+    ) -> None:
+        """Move the hold to settled at `charge` and record the settle entry and metrics."""
+        account.settle(hold.call_id, charge.credits, charge.prompt_tokens, charge.completion_tokens)
+        account.record(
+            self._draft(
+                "settle",
+                account,
+                hold.call,
+                hold.model,
+                credits=charge.credits,
+                prompt_tokens=charge.prompt_tokens,
+                completion_tokens=charge.completion_tokens,
+                detail=detail,
+                settled_by=charge.settled_by,
+            )
+        )
+        metrics.CREDITS.labels(action="settled").inc(charge.credits)
+        metrics.MODEL_CALLS.labels(model=hold.model, outcome=outcome).inc()
+        metrics.MODEL_TOKENS.labels(model=hold.model, direction="prompt").inc(charge.prompt_tokens)
+        metrics.MODEL_TOKENS.labels(model=hold.model, direction="completion").inc(
+            charge.completion_tokens
+        )
+
+    @staticmethod
+    def _unreported(hold: Hold, charge: Charge) -> None:
+        metrics.UNREPORTED_USAGE.labels(model=hold.model).inc()
+        log.warning(
+            "The answer reported no token usage",
+            model=hold.model,
+            credits=charge.credits,
+            settled_by=charge.settled_by.value,
+        )
 
     def _hold(
         self, account: LeaseAccount, call: Attribution, model: str, need: CallNeed, grant: Grant
@@ -332,6 +383,7 @@ class Spending:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         detail: str = "",
+        settled_by: SettledBy | None = None,
     ) -> LedgerDraft:
         return LedgerDraft(
             kind=kind,
@@ -345,4 +397,10 @@ class Spending:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             detail=detail,
+            settled_by=settled_by,
         )
+
+
+def _held(hold: Hold) -> Grant:
+    """What a hold was granted: its credits and the max_tokens they were priced at."""
+    return Grant(hold.credits, hold.max_tokens)

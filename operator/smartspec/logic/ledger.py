@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from smartspec.logic.canonical import content_hash, hex_digest
+from smartspec.logic.spending import SettledBy
 
 SEGMENT_FORMAT: Final = "smartspec.dev/ledger-segment/v1"
 GENESIS_HASH = "sha256:" + "0" * 64
@@ -83,6 +84,8 @@ class LedgerDraft:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     detail: str = ""
+    settled_by: SettledBy | None = None
+    """What a settle entry's charge was computed from; None on every other kind."""
 
 
 class LedgerEntry(BaseModel):
@@ -107,6 +110,8 @@ class LedgerEntry(BaseModel):
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
     detail: str = ""
+    settled_by: SettledBy | None = None
+    """Added in 0.1.6: entries written before it have none, and their hash does not cover it."""
     hash: str
 
 
@@ -133,8 +138,21 @@ class Segment(BaseModel):
 
 
 def entry_hash(fields: dict[str, Any]) -> str:
-    """The hash of an entry: sha256 of its canonical JSON without the hash field."""
-    return content_hash({key: value for key, value in fields.items() if key != "hash"})
+    """The hash of an entry: sha256 of its canonical JSON without the hash field.
+
+    A field added later (`settled_by`) counts only when set, so an entry written before it
+    existed hashes as it did then.
+    """
+    return content_hash(
+        {
+            key: value
+            for key, value in fields.items()
+            if key != "hash" and not (key in _LATER_FIELDS and value is None)
+        }
+    )
+
+
+_LATER_FIELDS = frozenset({"settled_by"})
 
 
 def chain_segment(
@@ -172,6 +190,8 @@ def chain_segment(
             "completion_tokens": draft.completion_tokens,
             "detail": draft.detail,
         }
+        if draft.settled_by is not None:
+            fields["settled_by"] = draft.settled_by.value
         digest = entry_hash(fields)
         entries.append(LedgerEntry(**fields, hash=digest))
         previous_hash = digest

@@ -7,7 +7,9 @@ max_tokens it asks for) is held against the budget; when less is left, max_token
 clamped to what is left, down to a smallest useful completion, and below that the call is
 refused. After the call it is charged what its answer reports, or, when the answer reports
 no usable token counts, the worst case that was held: tokens were spent, and an unknown
-amount is never charged 0. The gateway's `spending` module does the I/O around these.
+amount is never charged 0. A streamed answer without usable counts (it ended without them,
+broke, or its client left) is charged a conservative count of what it delivered instead
+(`charge_for_stream`). The gateway's `spending` module does the I/O around these.
 """
 
 from __future__ import annotations
@@ -52,13 +54,47 @@ def grant_within(price: ModelPrice, need: CallNeed, max_tokens: int, room: int) 
     return Grant(cost_credits(price, need.prompt_token_bound, affordable), affordable)
 
 
-class SettledOn(StrEnum):
-    """What a call's charge was computed from (the settle entry's detail names it)."""
+class SettledBy(StrEnum):
+    """What a call's charge was computed from: the `settled_by` of its settle entry."""
 
     USAGE = "usage"
     """The prompt and completion tokens the answer reports."""
     RESERVATION = "reservation"
     """The worst case held before the call: the answer's counts are missing or unusable."""
+    ESTIMATE_NO_USAGE = "estimate_no_usage"
+    """A stream that finished without usable counts: the conservative count."""
+    ESTIMATE_UPSTREAM_BROKE = "estimate_upstream_broke"
+    """A stream that broke upstream before its usage arrived: the conservative count."""
+    ESTIMATE_CLIENT_GONE = "estimate_client_gone"
+    """A stream whose client left (the upstream request was cancelled): the conservative
+    count."""
+
+
+class StreamEnd(StrEnum):
+    """How a streamed answer ended."""
+
+    FINISHED = "finished"
+    """The upstream sent a finish reason and ended."""
+    UPSTREAM_BROKE = "upstream_broke"
+    """The upstream failed, or ended before a finish reason."""
+    CLIENT_GONE = "client_gone"
+    """The client went away (or the gateway stopped) mid-stream."""
+
+
+_ESTIMATED_BY = {
+    StreamEnd.FINISHED: SettledBy.ESTIMATE_NO_USAGE,
+    StreamEnd.UPSTREAM_BROKE: SettledBy.ESTIMATE_UPSTREAM_BROKE,
+    StreamEnd.CLIENT_GONE: SettledBy.ESTIMATE_CLIENT_GONE,
+}
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """What a streamed answer delivered: UTF-8 bytes of generated text (content, reasoning,
+    tool-call names and arguments) and the chunks that carried any of it."""
+
+    generated_bytes: int = 0
+    generated_chunks: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,7 +104,7 @@ class Charge:
     credits: int
     prompt_tokens: int
     completion_tokens: int
-    settled_on: SettledOn
+    settled_by: SettledBy
 
 
 def charge_for(
@@ -77,11 +113,48 @@ def charge_for(
     """The reported (prompt, completion) tokens at the call's price, or, when `usage` is
     None, what was held, with the bounds it was priced at as the tokens."""
     if usage is None:
-        return Charge(held.credits, prompt_token_bound, held.max_tokens, SettledOn.RESERVATION)
+        return Charge(held.credits, prompt_token_bound, held.max_tokens, SettledBy.RESERVATION)
+    return _usage_charge(price, usage)
+
+
+def estimated_completion_tokens(streamed: Streamed, max_tokens: int) -> int:
+    """A count of completion tokens that is never below what a stream delivered.
+
+    A byte-level BPE tokenizer never makes more tokens than the text has UTF-8 bytes (the
+    rule the prompt's bound uses), and a chunk carries at least one token; the model never
+    generates more than max_tokens. Hidden reasoning that is not streamed is not counted.
+    """
+    return min(max_tokens, max(streamed.generated_bytes, streamed.generated_chunks))
+
+
+def charge_for_stream(
+    price: ModelPrice,
+    held: Grant,
+    prompt_token_bound: int,
+    usage: tuple[int, int] | None,
+    *,
+    streamed: Streamed,
+    end: StreamEnd,
+) -> Charge:
+    """The reported tokens when the stream carried them, however it ended; else the prompt's
+    bound and the conservative completion count, which is never 0 credits for a priced model
+    (the prompt's bound is at least 16 tokens) and never more than was held."""
+    if usage is not None:
+        return _usage_charge(price, usage)
+    completion_tokens = estimated_completion_tokens(streamed, held.max_tokens)
+    return Charge(
+        cost_credits(price, prompt_token_bound, completion_tokens),
+        prompt_token_bound,
+        completion_tokens,
+        _ESTIMATED_BY[end],
+    )
+
+
+def _usage_charge(price: ModelPrice, usage: tuple[int, int]) -> Charge:
     prompt_tokens, completion_tokens = usage
     return Charge(
         cost_credits(price, prompt_tokens, completion_tokens),
         prompt_tokens,
         completion_tokens,
-        SettledOn.USAGE,
+        SettledBy.USAGE,
     )
