@@ -17,10 +17,12 @@ import http.server
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -1019,3 +1021,38 @@ def test_a_hanging_suite_is_killed_at_the_time_limit(
     assert "did not finish within 3 s" in summary["failures"][-1]["message"]
     assert summary["durationSeconds"] < 60
     assert b"did not finish within 3 s" in bucket.get(attempt.prefix + "report/junit.xml")
+
+
+def test_a_generator_stopped_by_sigterm_exits_at_once_without_a_result(
+    bucket: Bucket, snapshot: Snapshot, stub: StubServer
+) -> None:
+    # In its container the generator is PID 1, where a signal without a handler is dropped:
+    # the kubelet's SIGTERM (a deleted or timed-out pod) must end it, not its grace period.
+    stub.script.append("stall")  # the model call hangs until the program is stopped
+    stub.stall_seconds = 5  # then the stub itself lets go, so that it stops cleanly
+    attempt = new_attempt("todo-llm")
+    instructions = instructions_for_generator(
+        bucket, snapshot, attempt, backend="llm", gateway_url=stub.url + "/v1"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SMARTSPEC_"))}
+    env["SMARTSPEC_INSTRUCTIONS"] = json.dumps(instructions)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smartspec.sandbox.generator"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not stub.requests and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stub.requests, "the generator never called the model"
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr  # handled: the default action would be -15
+    assert "generator: stopped by signal 15" in stderr
+    assert stdout.strip() == "", "no result line: the attempt is a SandboxError"

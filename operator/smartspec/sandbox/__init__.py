@@ -14,10 +14,13 @@ must never import kopf, kubernetes, boto3 or litellm.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +113,8 @@ def run_program(name: str, body: Callable[[], Outcome]) -> int:
     generated code, so it ends with exit code 2 (not 1, which means "tests failed").
     """
     try:
-        outcome = body()
+        with _stopped_by_sigterm(name):
+            outcome = body()
     except ProgramExit as stop:
         outcome = stop.outcome
         sys.stderr.write(f"{name}: {stop}\n")
@@ -122,3 +126,22 @@ def run_program(name: str, body: Callable[[], Outcome]) -> int:
     sys.stderr.flush()
     print_result(outcome.result, outcome.detail)
     return int(outcome.code)
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm(name: str) -> Iterator[None]:
+    """Exit 143 without a result line on SIGTERM (the kubelet stopping the pod). As PID 1 of
+    its container the program would ignore it, and the pod would wait out its grace period."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (tests call programs in-process)
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        sys.stderr.write(f"{name}: stopped by signal {signum}\n")
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
