@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from smartspec.builders.rbac import BUILDER_ROLE, GATEWAY_ROLE, OPERATOR_ROLE, PLATFORM_ADMIN_ROLE
+from stubs import model_faults
 from stubs.openai_stub import StubServer
+from testcluster.gateway_calls import create_budget
 from testcluster.harness import (
     TEST_TOKEN_KEY,
     GatewayProcess,
@@ -26,6 +28,7 @@ from testcluster.harness import (
 )
 from testcluster.plugin import Cluster
 from testcluster.rest import ApiException, Rest
+from testcluster.runs import API, example
 from testcluster.s3 import S3Endpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -225,3 +228,20 @@ def start_gateway(
     for process in started:
         if process.running:
             process.stop()
+
+
+@pytest.fixture
+def faulty(
+    cluster: Cluster,
+    tenant: str,
+    local_node: Any,
+    start_gateway: Callable[..., GatewayProcess],
+    stub: StubServer,
+) -> GatewayProcess:
+    """For the fault suite: a gateway whose stub model answers every call with the canned
+    correct project, a budget with room, and the example Spec in the tenant."""
+    stub.reply_fn = model_faults.answer_with()  # every call: the canned correct project
+    gateway = start_gateway()
+    create_budget(cluster, tenant, 500_000_000)
+    cluster.rest("builder").post(f"{API}/{tenant}/specs", example("spec.yaml"))
+    return gateway

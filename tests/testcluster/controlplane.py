@@ -339,6 +339,7 @@ class _Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    argv: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -467,6 +468,47 @@ class ControlPlane:
         return "\n".join(
             f"----- {p.name} ({p.log}) -----\n{self._tail(p.log, lines)}" for p in self._procs
         )
+
+    def restart_apiserver(self, down_seconds: float) -> float:
+        """Stop kube-apiserver (SIGTERM, SIGKILL after 5 s), leave it down `down_seconds`,
+        start it again with the same flags; returns when /readyz answers, with the seconds
+        that took after the start. Its watch cache starts anew: watches resumed from an
+        older resourceVersion get 410."""
+        index, old = next((i, p) for i, p in enumerate(self._procs) if p.name == "kube-apiserver")
+        old.popen.terminate()
+        try:
+            old.popen.wait(5)
+        except subprocess.TimeoutExpired:  # it drains watches for up to a minute: crash it
+            old.popen.kill()
+            old.popen.wait(10)
+        time.sleep(down_seconds)
+        self._procs.remove(old)
+        started = time.monotonic()
+        new = self._spawn(old.name, old.argv)
+        self._procs.insert(index, self._procs.pop())  # keep the stop order
+        ctx = ssl.create_default_context(cafile=str(self.ca_path))
+        self._wait_http(new, f"{self.server}/readyz", ctx)
+        return time.monotonic() - started
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to its current revision (through its JSON gateway), so no
+        watch can resume from before now; returns that revision."""
+        etcd = next(p for p in self._procs if p.name == "etcd")
+        url = next(a.split("=", 1)[1] for a in etcd.argv if a.startswith("--listen-client-urls="))
+
+        def call(path: str, body: dict[str, object]) -> dict[str, object]:
+            request = urllib.request.Request(  # noqa: S310 - etcd's loopback URL above
+                f"{url}{path}", data=json.dumps(body).encode(), method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                answer: dict[str, object] = json.loads(response.read())
+                return answer
+
+        header = call("/v3/kv/range", {"key": "AA=="})["header"]
+        assert isinstance(header, dict)
+        revision = int(header["revision"])
+        call("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
 
     def check_alive(self) -> None:
         """Raise if a component died (e.g. etcd crashed mid-session)."""
@@ -649,7 +691,7 @@ class ControlPlane:
                 # Only an async-signal-safe-enough prctl() runs between fork and exec.
                 preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
             )
-        proc = _Proc(name, popen, log)
+        proc = _Proc(name, popen, log, argv)
         self._procs.append(proc)
         return proc
 

@@ -53,6 +53,7 @@ from .s3 import S3Endpoint, S3Server, resolve_weed
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODES = ("local", "kind", "existing")
 _SUMMARY = pytest.StashKey[list[str]]()
+_S3_SERVER = pytest.StashKey[S3Server]()
 PSA_LABELS = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -395,6 +396,7 @@ def s3(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[S3Endpoint]
         f"S3: SeaweedFS ({weed.parent.name}) ready in {server.startup_seconds:.1f} s; "
         f"RSS after start: {_mib(server.rss())}"
     )
+    request.config.stash[_S3_SERVER] = server
     try:
         yield endpoint
     finally:
@@ -407,6 +409,12 @@ def s3(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[S3Endpoint]
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
+@pytest.fixture
+def s3_server(request: pytest.FixtureRequest, s3: S3Endpoint) -> S3Server:
+    """The session's S3 server process itself, for tests that make it fail (`frozen`)."""
+    return request.config.stash[_S3_SERVER]
+
+
 @pytest.fixture(scope="session")
 def fake_node(local_node: LocalNode | RealNode) -> LocalNode:
     """The fake local node, for tests of the fake node itself."""
@@ -415,4 +423,13 @@ def fake_node(local_node: LocalNode | RealNode) -> LocalNode:
     return local_node
 
 
-__all__ = ["Cluster", "cluster", "crds", "fake_node", "local_node", "namespace", "s3"]
+__all__ = [
+    "Cluster",
+    "cluster",
+    "crds",
+    "fake_node",
+    "local_node",
+    "namespace",
+    "s3",
+    "s3_server",
+]

@@ -23,13 +23,16 @@ specs/TEST-001-control-plane.md, "S3".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -338,6 +341,17 @@ class S3Server:
         except OSError:
             pass
         return 0
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server hangs (SIGSTOP) inside the block: connections are accepted by the kernel
+        and never answered, as with a storage endpoint that stopped responding."""
+        assert self._proc is not None
+        os.killpg(self._proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self._proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
