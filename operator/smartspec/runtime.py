@@ -90,6 +90,10 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
             info = dataclasses.replace(info, server=f"https://{host}:{port}")
         return info
 
+    @kopf.on.cleanup(registry=registry)
+    async def close_clients(**_: Any) -> None:
+        await kube.close()  # its connections, before the loop that owns them ends
+
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
