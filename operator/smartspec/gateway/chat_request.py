@@ -9,6 +9,9 @@ prompt's token bound (bytes plus framing) is what the call's worst case is price
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +93,9 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
         raise GatewayError(
             413, "invalid_request_error", f"request body over {limit} bytes", "body_too_large"
         )
+    # A body declared as something else (a form, text) is not read as JSON by accident.
+    if "Content-Type" in request.headers and request.content_type != "application/json":
+        raise _invalid_json(f"request body must be application/json, not {request.content_type}")
     raw = await read_body(request, limit + 1)
     if len(raw) > limit:
         raise GatewayError(
@@ -98,14 +104,30 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise GatewayError(
-            400, "invalid_request_error", f"request body is not JSON: {error}", "invalid_json"
-        ) from None
+        raise _invalid_json(f"request body is not JSON: {error}") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise _invalid_json("request body nests too deeply") from None
     if not isinstance(body, dict):
-        raise GatewayError(
-            400, "invalid_request_error", "request body must be a JSON object", "invalid_json"
-        )
+        raise _invalid_json("request body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw) and not _is_unicode(body):
+        # JSON may escape half a UTF-16 pair; such a string cannot be encoded, priced or sent.
+        raise _invalid_json("request body holds an unpaired UTF-16 surrogate escape")
     return body
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _is_unicode(body: dict[str, Any]) -> bool:
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _invalid_json(message: str) -> GatewayError:
+    return GatewayError(400, "invalid_request_error", message, "invalid_json")
 
 
 async def read_body(request: web.Request, most: int) -> bytes:
@@ -123,7 +145,12 @@ async def read_body(request: web.Request, most: int) -> bytes:
 
 
 def validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> ChatRequest:
-    """The checked request, or a GatewayError naming the first field that is wrong."""
+    """The checked request, or a GatewayError naming the first field that is wrong.
+
+    Every accepted field is checked for its type here: a wrong one would otherwise reach the
+    provider after the call was reserved (or make litellm fail), and a provider that takes it
+    would be paid for a request the API refuses.
+    """
     unsupported = sorted(set(body) - ACCEPTED_PARAMETERS)
     if unsupported:
         raise bad_request(
@@ -144,32 +171,113 @@ def validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> ChatR
             param="model",
         )
     stream, include_usage = _stream_fields(body)
-    if body.get("n", 1) != 1:
+    n = body.get("n")
+    if n is not None and not (_is_int(n) and n == 1):
         raise bad_request("n must be 1", "n")
-    messages = body.get("messages")
+    _validate_messages(body.get("messages"))
+    _validate_tools(body.get("tools"))
+    for name, (is_valid, kind) in _FIELD_TYPES.items():
+        value = body.get(name)
+        if value is not None and not is_valid(value):  # null means absent, as in the API
+            raise bad_request(f"{name} must be {kind}", name)
+    return ChatRequest(body, model, _max_tokens(body), stream, include_usage)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)  # Python reads NaN and Infinity from JSON text
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_typed_object(value: object) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("type"), str)
+
+
+def _is_stop(value: object) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(item, str) for item in value)
+    )
+
+
+def _is_logit_bias(value: object) -> bool:
+    return isinstance(value, dict) and all(_is_number(bias) for bias in value.values())
+
+
+def _is_tool_choice(value: object) -> bool:
+    return isinstance(value, str) or _is_typed_object(value)
+
+
+# The optional fields checked by their type alone: (is it valid, what it must be).
+_FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "temperature": (_is_number, "a number"),
+    "top_p": (_is_number, "a number"),
+    "presence_penalty": (_is_number, "a number"),
+    "frequency_penalty": (_is_number, "a number"),
+    "seed": (_is_int, "an integer"),
+    "top_logprobs": (_is_int, "an integer"),
+    "logprobs": (_is_bool, "true or false"),
+    "parallel_tool_calls": (_is_bool, "true or false"),
+    "stop": (_is_stop, "a string or a list of strings"),
+    "logit_bias": (_is_logit_bias, "an object of token ids to numbers"),
+    "response_format": (_is_typed_object, "an object with a string type"),
+    "tool_choice": (_is_tool_choice, "a string or an object with a string type"),
+    "reasoning_effort": (_is_str, "a string"),
+    "verbosity": (_is_str, "a string"),
+    "user": (_is_str, "a string"),
+    "safety_identifier": (_is_str, "a string"),
+    "prompt_cache_key": (_is_str, "a string"),
+}
+
+
+def _max_tokens(body: dict[str, Any]) -> int:
+    """The completion tokens asked for: max_tokens, else max_completion_tokens, else the
+    default; each one given must be an integer in range."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and not (_is_int(value) and 1 <= value <= MAX_TOKENS_LIMIT):
+            raise bad_request(f"{name} must be an integer from 1 to {MAX_TOKENS_LIMIT}", name)
+    for name in ("max_tokens", "max_completion_tokens"):
+        if body.get(name) is not None:
+            return int(body[name])
+    return DEFAULT_MAX_TOKENS
+
+
+def _validate_messages(messages: object) -> None:
+    """A non-empty list of objects, each with a known role, and content and name of the
+    types the API takes (what prompt_token_bound prices)."""
     if not isinstance(messages, list) or not messages:
         raise bad_request("messages must be a non-empty list", "messages")
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in _ROLES:
-            raise bad_request(
-                f"messages[{index}] needs a role of {sorted(_ROLES)}", f"messages[{index}]"
-            )
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise bad_request(f"{where} must be an object", where)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in _ROLES:
+            raise bad_request(f"{where}.role must be one of {sorted(_ROLES)}", f"{where}.role")
         content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
+        if not (
+            content is None
+            or isinstance(content, str)
+            or (isinstance(content, list) and all(_is_typed_object(part) for part in content))
+        ):
             raise bad_request(
-                f"messages[{index}].content must be a string or a list", f"messages[{index}]"
+                f"{where}.content must be a string or a list of parts (objects with a string type)",
+                f"{where}.content",
             )
-    _validate_tools(body.get("tools"))
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", DEFAULT_MAX_TOKENS))
-    if (
-        isinstance(max_tokens, bool)
-        or not isinstance(max_tokens, int)
-        or not (1 <= max_tokens <= MAX_TOKENS_LIMIT)
-    ):
-        raise bad_request(
-            f"max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}", "max_tokens"
-        )
-    return ChatRequest(body, model, max_tokens, stream, include_usage)
+        if not isinstance(message.get("name", ""), str):
+            raise bad_request(f"{where}.name must be a string", f"{where}.name")
 
 
 def _stream_fields(body: dict[str, Any]) -> tuple[bool, bool]:
@@ -219,7 +327,8 @@ def _validate_tools(tools: object) -> None:
             )
         if not isinstance(function.get("name"), str) or not function["name"]:
             raise bad_request(
-                f"tools[{index}].function.name is required and must be a string", f"tools[{index}]"
+                f"tools[{index}].function.name is required and must be a string",
+                f"tools[{index}].function.name",
             )
 
 
