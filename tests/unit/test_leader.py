@@ -1,12 +1,18 @@
-"""The leader-election decisions (smartspec.logic.leader): who may take the Lease, and what a
-claim, a renewal and a release write."""
+"""Leader election: who may take the Lease, what a claim, a renewal and a release write
+(smartspec.logic.leader), and the elector's behaviour against an API server that hangs or
+hands the Lease to another replica (smartspec.kube.leader, on a fake Lease API)."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
 
+from smartspec.kube.client import ConflictError, NotFoundError
+from smartspec.kube.leader import LeaderElector, LeadershipLostError
 from smartspec.logic.leader import (
     LeaderTimings,
     LeaseRecord,
@@ -93,3 +99,84 @@ def test_timings_that_could_give_two_leaders_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match="retry_seconds < renew_deadline_seconds < lease_seconds"):
         LeaderTimings(lease_seconds=lease, renew_deadline_seconds=deadline, retry_seconds=retry)
+
+
+class LeaseApi:
+    """One Lease on a fake API server: create once, update by resourceVersion, or hang."""
+
+    def __init__(self) -> None:
+        self.body: dict[str, Any] | None = None
+        self.version = 0
+        self.hang = False
+
+    async def get(self, path: str) -> dict[str, Any]:
+        if self.hang:
+            await asyncio.sleep(3600)
+        if self.body is None:
+            raise NotFoundError(404, "NotFound", path)
+        return copy.deepcopy(self.body)
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.body is not None:
+            raise ConflictError(409, "AlreadyExists", path)
+        return self._store(body)
+
+    async def put(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.body is not None
+        if body["metadata"]["resourceVersion"] != self.body["metadata"]["resourceVersion"]:
+            raise ConflictError(409, "Conflict", path)
+        return self._store(body)
+
+    def _store(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        self.body = copy.deepcopy(body)
+        self.body["metadata"] = {**body["metadata"], "resourceVersion": str(self.version)}
+        return copy.deepcopy(self.body)
+
+
+FAST = LeaderTimings(lease_seconds=1, renew_deadline_seconds=0.4, retry_seconds=0.05)
+
+
+def elector(api: LeaseApi, identity: str) -> LeaderElector:
+    kube = cast("Any", api)
+    return LeaderElector(kube, namespace="ops", name="lease", identity=identity, timings=FAST)
+
+
+async def test_a_standby_takes_the_lease_only_once_the_leader_stopped_renewing() -> None:
+    api = LeaseApi()
+    leader, standby = elector(api, "a"), elector(api, "b")
+    await leader.acquire()
+    assert not await standby._try_claim()  # fresh: held by a
+    await asyncio.wait_for(standby.acquire(), timeout=10)  # a never renews: b takes it
+    assert api.body is not None
+    assert api.body["spec"]["holderIdentity"] == "b"
+    assert api.body["spec"]["leaseTransitions"] == 1
+
+
+async def test_a_leader_whose_renewal_hangs_gives_up_within_the_deadline() -> None:
+    api = LeaseApi()
+    leader = elector(api, "a")
+    await leader.acquire()
+    api.hang = True  # the API server stops answering
+    with pytest.raises(LeadershipLostError, match="not renewed within"):
+        await asyncio.wait_for(leader.hold(), timeout=10)
+
+
+async def test_a_leader_that_sees_another_holder_stops() -> None:
+    api = LeaseApi()
+    leader = elector(api, "a")
+    await leader.acquire()
+    assert api.body is not None
+    api.body["spec"]["holderIdentity"] = "b"
+    with pytest.raises(LeadershipLostError, match="held by another replica"):
+        await asyncio.wait_for(leader.hold(), timeout=10)
+
+
+async def test_a_release_leaves_the_lease_free_for_the_next_look() -> None:
+    api = LeaseApi()
+    leader, standby = elector(api, "a"), elector(api, "b")
+    await leader.acquire()
+    await leader.release()
+    assert api.body is not None
+    assert "holderIdentity" not in api.body["spec"]
+    assert await standby._try_claim()

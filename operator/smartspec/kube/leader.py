@@ -80,12 +80,18 @@ class LeaderElector:
         """Renew the Lease until cancelled; raises LeadershipLostError when another replica holds
         it, or when no renewal succeeded for `renew_deadline_seconds`."""
         last_renewal = time.monotonic()
+        deadline = self.timings.renew_deadline_seconds
         while True:
             await asyncio.sleep(self.timings.retry_seconds)
+            # A renewal still waiting on a slow API server must not outlast the deadline:
+            # a standby may take the Lease once a whole lease passed without one.
+            left = deadline - (time.monotonic() - last_renewal)
             try:
-                if not await self._try_claim():
-                    raise LeadershipLostError(f"the Lease {self.name} is held by another replica")
-                last_renewal = time.monotonic()
+                held = await asyncio.wait_for(self._try_claim(), timeout=max(left, 0.0))
+            except TimeoutError:
+                raise LeadershipLostError(
+                    f"the Lease {self.name} was not renewed within {deadline} s"
+                ) from None
             except KubeError as error:
                 late = time.monotonic() - last_renewal
                 log.warning(
@@ -94,11 +100,15 @@ class LeaderElector:
                     error=str(error),
                     seconds_since_renewal=round(late, 1),
                 )
-                if late >= self.timings.renew_deadline_seconds:
+                if late >= deadline:
                     raise LeadershipLostError(
                         f"the Lease {self.name} was not renewed for {late:.1f} s"
-                        f" (deadline {self.timings.renew_deadline_seconds} s): {error}"
+                        f" (deadline {deadline} s): {error}"
                     ) from error
+                continue
+            if not held:
+                raise LeadershipLostError(f"the Lease {self.name} is held by another replica")
+            last_renewal = time.monotonic()
 
     async def release(self) -> None:
         """Give the Lease up (on a clean stop), so that a standby need not wait it out."""
