@@ -55,6 +55,8 @@ PLURALS: dict[str, tuple[str, bool]] = {
     "Deployment": ("deployments", True),
     "HorizontalPodAutoscaler": ("horizontalpodautoscalers", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),
+    "Role": ("roles", True),
+    "RoleBinding": ("rolebindings", True),
     "Secret": ("secrets", True),
     "Service": ("services", True),
     "ServiceAccount": ("serviceaccounts", True),
@@ -287,7 +289,12 @@ def test_the_example_runs_under_the_charts_service_accounts_alone(
         s3,
         [tenant],
         tmp_path / "operator.log",
-        {"SMARTSPEC_TOKEN_KEYS_FILE": str(keys), "SMARTSPEC_GATEWAY_URL": f"{gateway.url}/v1"},
+        {
+            "SMARTSPEC_TOKEN_KEYS_FILE": str(keys),
+            "SMARTSPEC_GATEWAY_URL": f"{gateway.url}/v1",
+            # Elected through the chart's Lease Role, bound in the release namespace only.
+            "SMARTSPEC_LEADER_ELECTION_NAMESPACE": namespace,
+        },
         kubeconfig=service_account_kubeconfig(
             cluster, namespace, accounts["operator"], tmp_path / "operator.kubeconfig"
         ),
