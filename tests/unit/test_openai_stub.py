@@ -248,6 +248,10 @@ def test_openai_client_streams_the_same_answer_with_usage_when_asked(stub: StubS
     assert chunks[-1].choices == []
     assert chunks[-1].usage == whole.usage
     assert [c.usage for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    # The client may read [DONE] before the stub's handler, in its own thread, records it.
+    deadline = time.monotonic() + 10
+    while stub.streams[-1].ended == "streaming" and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert [(r.chunks_sent, r.ended) for r in stub.streams] == [(len(chunks) + 1, "done")]
 
 
