@@ -20,8 +20,9 @@ connection, which is how the server learns the request was cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -123,7 +124,7 @@ class OpenAICompatibleTransport(CustomLLM):
         model = str(body.get("model"))
         url, request_headers = _target(api_base, api_key, headers)
         seconds = _seconds(timeout)
-        try:
+        with _transport_errors(url, seconds, model):
             reply = await self._client().post(
                 url,
                 json=body,
@@ -134,16 +135,6 @@ class OpenAICompatibleTransport(CustomLLM):
                 raw = await reply.read()
                 reply.release()
                 raise _status_error(reply.status, _error_message(raw, reply.status), model)
-        except TimeoutError:
-            raise errors.Timeout(
-                message=f"no answer from {url} within {seconds:g} s",
-                model=model,
-                llm_provider=PROVIDER,
-            ) from None
-        except (aiohttp.ClientError, OSError) as error:
-            raise errors.APIConnectionError(
-                message=f"cannot reach {url}: {error}", llm_provider=PROVIDER, model=model
-            ) from None
         return ServerSentChunks(reply, model)
 
     async def send(
@@ -159,7 +150,7 @@ class OpenAICompatibleTransport(CustomLLM):
         model = str(body.get("model"))
         url, request_headers = _target(api_base, api_key, headers)
         seconds = _seconds(timeout)
-        try:
+        with _transport_errors(url, seconds, model):
             async with self._client().post(
                 url,
                 json=body,
@@ -168,16 +159,6 @@ class OpenAICompatibleTransport(CustomLLM):
             ) as reply:
                 raw = await reply.read()
                 status = reply.status
-        except TimeoutError:
-            raise errors.Timeout(
-                message=f"no answer from {url} within {seconds:g} s",
-                model=model,
-                llm_provider=PROVIDER,
-            ) from None
-        except (aiohttp.ClientError, OSError) as error:
-            raise errors.APIConnectionError(
-                message=f"cannot reach {url}: {error}", llm_provider=PROVIDER, model=model
-            ) from None
         if status != 200:
             raise _status_error(status, _error_message(raw, status), model)
         return _checked_answer(raw, model)
@@ -374,3 +355,21 @@ def register() -> None:
     """Make the provider known to litellm (idempotent; litellm's provider map is global)."""
     entries = [e for e in litellm.custom_provider_map if e.get("provider") != PROVIDER]
     litellm.custom_provider_map = [*entries, {"provider": PROVIDER, "custom_handler": TRANSPORT}]
+
+
+@contextlib.contextmanager
+def _transport_errors(url: str, seconds: float | None, model: str) -> Iterator[None]:
+    """A request that timed out or could not connect, as the litellm errors the Router's
+    retries and fallbacks act on."""
+    try:
+        yield
+    except TimeoutError:
+        raise errors.Timeout(
+            message=f"no answer from {url} within {seconds:g} s",
+            model=model,
+            llm_provider=PROVIDER,
+        ) from None
+    except (aiohttp.ClientError, OSError) as error:
+        raise errors.APIConnectionError(
+            message=f"cannot reach {url}: {error}", llm_provider=PROVIDER, model=model
+        ) from None

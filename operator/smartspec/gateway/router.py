@@ -208,11 +208,11 @@ def _is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-async def complete_local(
+def _local_params(
     route: ModelRoute, endpoint: str, request: dict[str, Any], retries: int
-) -> Completion:
-    """A call to one run's local model server (the sidecar in its generator pod)."""
-    params = {
+) -> dict[str, Any]:
+    """litellm's arguments for a call to one run's local model server."""
+    return {
         **request,
         "model": route.litellm_model,
         "api_base": endpoint,
@@ -222,6 +222,13 @@ async def complete_local(
         "num_retries": retries,
         **_SKIP_MCP,
     }
+
+
+async def complete_local(
+    route: ModelRoute, endpoint: str, request: dict[str, Any], retries: int
+) -> Completion:
+    """A call to one run's local model server (the sidecar in its generator pod)."""
+    params = _local_params(route, endpoint, request, retries)
     return await _call(litellm.acompletion(**params), request["model"])
 
 
@@ -253,16 +260,7 @@ async def open_local_stream(
     route: ModelRoute, endpoint: str, request: dict[str, Any], retries: int
 ) -> ChunkStream:
     """A streamed call to one run's local model server."""
-    params = {
-        **request,
-        "model": route.litellm_model,
-        "api_base": endpoint,
-        "api_key": "unused",
-        "timeout": route.timeout_seconds,
-        "max_retries": 0,
-        "num_retries": retries,
-        **_SKIP_MCP,
-    }
+    params = _local_params(route, endpoint, request, retries)
     return _chunk_stream(await _answer(litellm.acompletion(**params)))
 
 
