@@ -1,4 +1,5 @@
-"""Which answers report token usage the gateway can charge by (CORE-003, "Budget accounting")."""
+"""Which answers report token usage the gateway can charge by, and what the prompt bound
+reserved before the call counts (CORE-003, "Budget accounting")."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from smartspec.gateway.chat_request import prompt_token_bound
 from smartspec.gateway.router import Completion, UpstreamError, _call
 
 
@@ -53,3 +55,14 @@ def test_an_answer_without_choices_is_a_malformed_answer() -> None:
     with pytest.raises(UpstreamError) as raised:
         completion_of({"id": "x", "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
     assert (raised.value.kind, raised.value.status) == ("malformed_answer", 502)
+
+
+def test_the_prompt_bound_covers_tool_calls_and_the_ids_tool_answers_name() -> None:
+    """The worst case reserved covers every byte sent: an assistant turn that only called a
+    tool (content null) was bounded as if it were empty."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "x" * 600}}
+    plain = {"messages": [{"role": "assistant", "content": None}]}
+    with_call = {"messages": [{"role": "assistant", "content": None, "tool_calls": [call]}]}
+    answered = {"messages": [{"role": "tool", "tool_call_id": "call_1", "content": None}]}
+    assert prompt_token_bound(with_call) - prompt_token_bound(plain) > 600
+    assert prompt_token_bound(answered) - prompt_token_bound(plain) == len("call_1")

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import web
 
@@ -172,7 +172,7 @@ def validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> ChatR
         )
     stream, include_usage = _stream_fields(body)
     n = body.get("n")
-    if n is not None and not (_is_int(n) and n == 1):
+    if n is not None and not (is_int(n) and n == 1):
         raise bad_request("n must be 1", "n")
     _validate_messages(body.get("messages"))
     _validate_tools(body.get("tools"))
@@ -183,11 +183,13 @@ def validate_chat_request(body: dict[str, Any], served: frozenset[str]) -> ChatR
     return ChatRequest(body, model, _max_tokens(body), stream, include_usage)
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
+    """An integer, not a boolean (JSON has no integer type of its own)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
+    """A finite number, not a boolean."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return math.isfinite(value)  # Python reads NaN and Infinity from JSON text
@@ -197,11 +199,12 @@ def _is_bool(value: object) -> bool:
     return isinstance(value, bool)
 
 
-def _is_str(value: object) -> bool:
+def is_str(value: object) -> TypeGuard[str]:
     return isinstance(value, str)
 
 
-def _is_typed_object(value: object) -> bool:
+def is_typed_object(value: object) -> TypeGuard[dict[str, Any]]:
+    """An object with a string `type` (a content part, a response format, a tool choice)."""
     return isinstance(value, dict) and isinstance(value.get("type"), str)
 
 
@@ -212,32 +215,32 @@ def _is_stop(value: object) -> bool:
 
 
 def _is_logit_bias(value: object) -> bool:
-    return isinstance(value, dict) and all(_is_number(bias) for bias in value.values())
+    return isinstance(value, dict) and all(is_number(bias) for bias in value.values())
 
 
 def _is_tool_choice(value: object) -> bool:
-    return isinstance(value, str) or _is_typed_object(value)
+    return isinstance(value, str) or is_typed_object(value)
 
 
 # The optional fields checked by their type alone: (is it valid, what it must be).
 _FIELD_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
-    "temperature": (_is_number, "a number"),
-    "top_p": (_is_number, "a number"),
-    "presence_penalty": (_is_number, "a number"),
-    "frequency_penalty": (_is_number, "a number"),
-    "seed": (_is_int, "an integer"),
-    "top_logprobs": (_is_int, "an integer"),
+    "temperature": (is_number, "a number"),
+    "top_p": (is_number, "a number"),
+    "presence_penalty": (is_number, "a number"),
+    "frequency_penalty": (is_number, "a number"),
+    "seed": (is_int, "an integer"),
+    "top_logprobs": (is_int, "an integer"),
     "logprobs": (_is_bool, "true or false"),
     "parallel_tool_calls": (_is_bool, "true or false"),
     "stop": (_is_stop, "a string or a list of strings"),
     "logit_bias": (_is_logit_bias, "an object of token ids to numbers"),
-    "response_format": (_is_typed_object, "an object with a string type"),
+    "response_format": (is_typed_object, "an object with a string type"),
     "tool_choice": (_is_tool_choice, "a string or an object with a string type"),
-    "reasoning_effort": (_is_str, "a string"),
-    "verbosity": (_is_str, "a string"),
-    "user": (_is_str, "a string"),
-    "safety_identifier": (_is_str, "a string"),
-    "prompt_cache_key": (_is_str, "a string"),
+    "reasoning_effort": (is_str, "a string"),
+    "verbosity": (is_str, "a string"),
+    "user": (is_str, "a string"),
+    "safety_identifier": (is_str, "a string"),
+    "prompt_cache_key": (is_str, "a string"),
 }
 
 
@@ -246,7 +249,7 @@ def _max_tokens(body: dict[str, Any]) -> int:
     default; each one given must be an integer in range."""
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
-        if value is not None and not (_is_int(value) and 1 <= value <= MAX_TOKENS_LIMIT):
+        if value is not None and not (is_int(value) and 1 <= value <= MAX_TOKENS_LIMIT):
             raise bad_request(f"{name} must be an integer from 1 to {MAX_TOKENS_LIMIT}", name)
     for name in ("max_tokens", "max_completion_tokens"):
         if body.get(name) is not None:
@@ -270,7 +273,7 @@ def _validate_messages(messages: object) -> None:
         if not (
             content is None
             or isinstance(content, str)
-            or (isinstance(content, list) and all(_is_typed_object(part) for part in content))
+            or (isinstance(content, list) and all(is_typed_object(part) for part in content))
         ):
             raise bad_request(
                 f"{where}.content must be a string or a list of parts (objects with a string type)",
@@ -336,14 +339,18 @@ def prompt_token_bound(body: dict[str, Any]) -> int:
     """An upper bound of the prompt's tokens that holds for byte-level BPE tokenizers.
 
     Such a tokenizer never makes more tokens than the text has UTF-8 bytes; add each
-    message's framing (role and separators) and the tool definitions. It overestimates
-    (about four times for English), which only makes reservations conservative: the
-    settlement charges what the provider reports.
+    message's framing (role and separators), the tool calls an assistant message carries
+    and the id a tool's answer names, and the tool definitions. It overestimates (about
+    four times for English), which only makes reservations conservative: the settlement
+    charges what the provider reports.
     """
     total = 16
     for message in body.get("messages", []):
         total += 8 + len(json.dumps(message.get("content"), ensure_ascii=False).encode())
         total += len(str(message.get("name", "")).encode())
+        if message.get("tool_calls"):
+            total += len(json.dumps(message["tool_calls"], ensure_ascii=False).encode())
+        total += len(str(message.get("tool_call_id") or "").encode())
     if body.get("tools"):
         total += len(json.dumps(body["tools"], ensure_ascii=False).encode())
     return total
