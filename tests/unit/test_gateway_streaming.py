@@ -19,6 +19,7 @@ from smartspec.gateway.router import ChunkStream, UpstreamError
 from smartspec.gateway.streaming import (
     DONE,
     SSE_HEADERS,
+    ChatEncoder,
     StreamedAnswer,
     client_event,
     relay,
@@ -229,12 +230,7 @@ async def relayed(
         response = web.StreamResponse(headers=SSE_HEADERS)
         answer = StreamedAnswer()
         end = await relay(
-            request,
-            response,
-            upstream.stream(),
-            answer,
-            model="stub-model",
-            include_usage=include_usage,
+            request, response, upstream.stream(), answer, ChatEncoder("stub-model", include_usage)
         )
         ended.set_result((end, answer))
         return response

@@ -18,7 +18,8 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,14 +44,26 @@ from smartspec.gateway.router import (
 )
 from smartspec.gateway.runs import RunCache, local_endpoint
 from smartspec.gateway.spending import Granted, Refused, RunLimits, Spending
-from smartspec.gateway.streaming import SSE_HEADERS, StreamedAnswer, relay, replay_body
-from smartspec.gateway.transcripts import TranscriptMissingError, load_transcript, store_transcript
+from smartspec.gateway.streaming import (
+    SSE_HEADERS,
+    ChatEncoder,
+    StreamedAnswer,
+    StreamEncoder,
+    relay,
+    replay_body,
+)
+from smartspec.gateway.transcripts import (
+    TranscriptMissingError,
+    load_transcript,
+    normalise_request,
+    store_transcript,
+)
 from smartspec.kube.client import KubeClient, KubeError
 from smartspec.logic.budget import model_allowed
 from smartspec.logic.ledger import Attribution
 from smartspec.logic.pricing import ModelPrice, PriceTable, UnknownModelPrice
 from smartspec.logic.run_tokens import InvalidRunToken, RunTokenClaims, verify_run_token
-from smartspec.logic.spending import StreamEnd
+from smartspec.logic.spending import Charge, StreamEnd
 from smartspec.observability import metrics
 from smartspec.observability.logs import bind_correlation, get_logger
 from smartspec.storage import ObjectStore
@@ -70,6 +83,34 @@ class GatewayOptions:
     idle_release_seconds: float
     max_body_bytes: int
     run_cache_seconds: float
+
+
+@dataclass(frozen=True)
+class OpenedCall:
+    """A call whose run is active and whose budget allows its model: what it runs under."""
+
+    claims: RunTokenClaims
+    run: dict[str, Any]
+    account: LeaseAccount
+    call: Attribution
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """An opened call, priced, with the hold granted for it."""
+
+    opened: OpenedCall
+    price: ModelPrice
+    granted: Granted
+
+
+@dataclass(frozen=True)
+class Answered:
+    """An upstream answer that was not streamed, and what it was charged."""
+
+    completion: Completion
+    charge: Charge
+    upstream_seconds: float
 
 
 @dataclass
@@ -122,66 +163,58 @@ class Gateway:
             )
         return self.accounts[key]
 
-    def authenticate(self, request: web.Request) -> RunTokenClaims:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+    def authenticate(self, request: web.Request, *, api_key: bool = False) -> RunTokenClaims:
+        """The run token's claims: from `Authorization: Bearer`, or, for Anthropic's
+        clients (`api_key`), from `x-api-key` when there is no bearer token."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if not token and api_key:
+            token = request.headers.get("x-api-key", "").strip()
+        if not token:
+            where = "Authorization: Bearer <token>" + (" or x-api-key: <token>" if api_key else "")
             raise GatewayError(
-                401,
-                "authentication_error",
-                "a run token is required: Authorization: Bearer <token>",
-                "missing_token",
+                401, "authentication_error", f"a run token is required: {where}", "missing_token"
             )
         try:
-            return verify_run_token(token.strip(), self.token_keys, int(time.time()))
+            return verify_run_token(token, self.token_keys, int(time.time()))
         except InvalidRunToken as error:
             metrics.REFUSALS.labels(reason=f"token_{error.reason}").inc()
             raise GatewayError(401, "authentication_error", str(error), error.reason) from None
+
+    @staticmethod
+    def correlated(claims: RunTokenClaims) -> AbstractContextManager[None]:
+        """Log lines of this call carry the run's uid, namespace, name and attempt."""
+        return bind_correlation(
+            claims.run_uid, namespace=claims.namespace, run=claims.run, attempt=str(claims.attempt)
+        )
 
     # ------------------------------------------------------------------ routes
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         claims = self.authenticate(request)
-        with bind_correlation(
-            claims.run_uid, namespace=claims.namespace, run=claims.run, attempt=str(claims.attempt)
-        ):
+        with self.correlated(claims):
             body = await read_json(request, self.options.max_body_bytes)
             chat = validate_chat_request(body, self.served)
-            run = await self.runs.active_run(claims)
-            account = self.account(claims.namespace, claims.budget)
-            call = _attribution(claims)
-            await self._open_budget(account, call, chat.model)
+            opened = await self.open_call(claims, chat.model)
+            normalised = normalise_request(body)
             if claims.replay_of is not None:
-                return await self._replay(claims, account, call, chat)
-            price = self._price(chat.model)
-            granted = await self._reserve(account, call, run, chat, price)
+                return await self._replay(opened, chat, normalised)
+            reservation = await self.reserve(opened, chat)
             if chat.stream:
-                return await self._stream(
+                return await self.stream(
                     request,
+                    reservation,
                     chat,
-                    run=run,
-                    claims=claims,
-                    account=account,
-                    call=call,
-                    price=price,
-                    granted=granted,
+                    ChatEncoder(chat.model, chat.include_usage),
+                    normalised=normalised,
+                    payload=lambda answer: _json_bytes(answer.completion(chat.model)),
                 )
-            upstream_started = time.perf_counter()
-            try:
-                result = await self._call_upstream(run, claims, chat.upstream(granted.max_tokens))
-            except UpstreamError as error:
-                self.spending.release(account, granted.hold, error.kind)
-                raise _upstream_failed(chat.model, error) from None
-            upstream_seconds = time.perf_counter() - upstream_started
-            usage = (result.prompt_tokens, result.completion_tokens)
-            self.spending.settle(
-                account, granted.hold, price, usage if result.usage_reported else None
-            )
-            answer = {**result.body, "model": chat.model}
-            payload = json.dumps(answer, separators=(",", ":")).encode()
-            self._spawn(self._record_transcript(call, body, payload))
-            metrics.GATEWAY_OVERHEAD.observe(time.perf_counter() - started - upstream_seconds)
+            answered = await self.complete(reservation, chat)
+            payload = _json_bytes({**answered.completion.body, "model": chat.model})
+            self.record_transcript(opened.call, normalised, payload)
+            overhead = time.perf_counter() - started - answered.upstream_seconds
+            metrics.GATEWAY_OVERHEAD.observe(overhead)
             return web.Response(body=payload, content_type="application/json")
 
     async def models(self, request: web.Request) -> web.Response:
@@ -210,12 +243,17 @@ class Gateway:
         if isinstance(outcome, Refused):
             raise refused(outcome.refusal)
 
-    async def _open_budget(self, account: LeaseAccount, call: Attribution, model: str) -> None:
-        """The budget is readable and its model policy allows `model` (else the answer)."""
+    async def open_call(self, claims: RunTokenClaims, model: str) -> OpenedCall:
+        """The run is active, the budget readable and its model policy allows `model`
+        (else the refusal, as a GatewayError)."""
+        run = await self.runs.active_run(claims)
+        account = self.account(claims.namespace, claims.budget)
+        call = _attribution(claims)
         await self._refresh_budget(account)
         outcome = self.spending.check_model(account, call, model)
         if outcome is not None:
             raise refused(outcome.refusal)
+        return OpenedCall(claims, run, account, call)
 
     def _price(self, model: str) -> ModelPrice:
         try:
@@ -226,19 +264,14 @@ class Gateway:
                 400, "invalid_request_error", str(error), "model_not_priced"
             ) from None
 
-    async def _reserve(
-        self,
-        account: LeaseAccount,
-        call: Attribution,
-        run: dict[str, Any],
-        chat: ChatRequest,
-        price: ModelPrice,
-    ) -> Granted:
+    async def reserve(self, opened: OpenedCall, chat: ChatRequest) -> Reservation:
+        """Price the call and hold its worst case, clamping max_tokens or refusing."""
+        price = self._price(chat.model)
         try:
             outcome = await self.spending.reserve(
-                account,
-                call,
-                RunLimits.of(run),
+                opened.account,
+                opened.call,
+                RunLimits.of(opened.run),
                 price=price,
                 model=chat.model,
                 prompt_token_bound=chat.prompt_token_bound,
@@ -248,7 +281,29 @@ class Gateway:
             raise fail_closed(error) from None
         if isinstance(outcome, Refused):
             raise refused(outcome.refusal)
-        return outcome
+        return Reservation(opened, price, outcome)
+
+    async def complete(self, reservation: Reservation, chat: ChatRequest) -> Answered:
+        """Call upstream and settle by the answer's usage; on failure release the hold and
+        raise the 502/429/504 that says nothing was charged."""
+        opened, granted = reservation.opened, reservation.granted
+        upstream_started = time.perf_counter()
+        try:
+            result = await self._call_upstream(
+                opened.run, opened.claims, chat.upstream(granted.max_tokens)
+            )
+        except UpstreamError as error:
+            self.spending.release(opened.account, granted.hold, error.kind)
+            raise _upstream_failed(chat.model, error) from None
+        upstream_seconds = time.perf_counter() - upstream_started
+        usage = (result.prompt_tokens, result.completion_tokens)
+        charge = self.spending.settle(
+            opened.account,
+            granted.hold,
+            reservation.price,
+            usage if result.usage_reported else None,
+        )
+        return Answered(result, charge, upstream_seconds)
 
     async def _call_upstream(
         self, run: dict[str, Any], claims: RunTokenClaims, upstream: dict[str, Any]
@@ -263,49 +318,48 @@ class Gateway:
             openai_compatible=upstream["model"] in self.config.openai_compatible_routes,
         )
 
-    async def _stream(
+    async def stream(
         self,
         request: web.Request,
+        reservation: Reservation,
         chat: ChatRequest,
+        encoder: StreamEncoder,
         *,
-        run: dict[str, Any],
-        claims: RunTokenClaims,
-        account: LeaseAccount,
-        call: Attribution,
-        price: ModelPrice,
-        granted: Granted,
+        normalised: Mapping[str, Any],
+        payload: Callable[[StreamedAnswer], bytes],
     ) -> web.StreamResponse:
-        """Relay a streamed answer, then settle it: by the usage it carried, else by the
-        conservative count of what it delivered (it ended without usage, broke, or the
-        client left, which closes the upstream request)."""
+        """Relay a streamed answer in the client's API (`encoder`), then settle it: by the
+        usage it carried, else by the conservative count of what it delivered (it ended
+        without usage, broke, or the client left, which closes the upstream request). A
+        whole answer is recorded as `payload` makes it, under `normalised`."""
+        opened, granted = reservation.opened, reservation.granted
         try:
-            upstream = await self._open_stream(run, claims, chat.upstream(granted.max_tokens))
+            upstream = await self._open_stream(
+                opened.run, opened.claims, chat.upstream(granted.max_tokens)
+            )
         except UpstreamError as error:
-            self.spending.release(account, granted.hold, error.kind)
+            self.spending.release(opened.account, granted.hold, error.kind)
             raise _upstream_failed(chat.model, error) from None
         answer = StreamedAnswer()
         end = StreamEnd.CLIENT_GONE  # until the relay says otherwise (a cancelled handler)
         response = web.StreamResponse(headers=SSE_HEADERS)
         try:
-            end = await relay(
-                request,
-                response,
-                upstream,
-                answer,
-                model=chat.model,
-                include_usage=chat.include_usage,
-            )
+            end = await relay(request, response, upstream, answer, encoder)
         finally:
             self.spending.settle_stream(
-                account, granted.hold, price, answer.usage, streamed=answer.streamed, end=end
+                opened.account,
+                granted.hold,
+                reservation.price,
+                answer.usage,
+                streamed=answer.streamed,
+                end=end,
             )
             await _closed(upstream)
         if end is StreamEnd.UPSTREAM_BROKE:
             metrics.UPSTREAM_ERRORS.labels(model=chat.model, error="stream_broken").inc()
             log.warning("Upstream stream broke", model=chat.model)
         if answer.finish_reason is not None:  # a whole answer: replayable
-            payload = json.dumps(answer.completion(chat.model), separators=(",", ":")).encode()
-            self._spawn(self._record_transcript(call, chat.body, payload))
+            self.record_transcript(opened.call, normalised, payload(answer))
         return response
 
     async def _open_stream(
@@ -321,32 +375,43 @@ class Gateway:
             openai_compatible=upstream["model"] in self.config.openai_compatible_routes,
         )
 
-    async def _replay(
-        self, claims: RunTokenClaims, account: LeaseAccount, call: Attribution, chat: ChatRequest
-    ) -> web.Response:
+    async def recorded(self, opened: OpenedCall, normalised: Mapping[str, Any]) -> bytes:
+        """The answer recorded for this request (a replay); 404 when there is none, and
+        never a live call."""
         try:
-            payload = await load_transcript(self.store, claims.namespace, chat.body)
+            return await load_transcript(self.store, opened.claims.namespace, normalised)
         except TranscriptMissingError as error:
             metrics.REFUSALS.labels(reason="transcript_missing").inc()
             raise GatewayError(
                 404,
                 "not_found_error",
-                f"replay of {claims.replay_of}: {error}; no live call was made",
+                f"replay of {opened.claims.replay_of}: {error}; no live call was made",
                 "transcript_not_found",
             ) from None
+
+    async def _replay(
+        self, opened: OpenedCall, chat: ChatRequest, normalised: Mapping[str, Any]
+    ) -> web.Response:
+        payload = await self.recorded(opened, normalised)
         document = json.loads(payload) if payload else {}
         usage = document.get("usage") or {}
         tokens = (int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
-        self.spending.record_replay(account, call, chat.model, tokens)
+        self.spending.record_replay(opened.account, opened.call, chat.model, tokens)
         if chat.stream:
             return web.Response(body=replay_body(document, chat.include_usage), headers=SSE_HEADERS)
         return web.Response(body=payload, content_type="application/json")
 
+    def record_transcript(
+        self, call: Attribution, normalised: Mapping[str, Any], payload: bytes
+    ) -> None:
+        """Store the exchange in the background: the answer is not held up by it."""
+        self._spawn(self._record_transcript(call, normalised, payload))
+
     async def _record_transcript(
-        self, call: Attribution, body: dict[str, Any], payload: bytes
+        self, call: Attribution, normalised: Mapping[str, Any], payload: bytes
     ) -> None:
         try:
-            await store_transcript(self.store, call.namespace, body, payload, call.to_wire())
+            await store_transcript(self.store, call.namespace, normalised, payload, call.to_wire())
         except Exception as error:  # logged, not raised: the answer was already given
             log.error("Could not store transcript", call_id=call.call_id, error=str(error))
 
@@ -393,6 +458,10 @@ class Gateway:
         await self.store.aclose()
         await self.kube.close()
         await close_transports()
+
+
+def _json_bytes(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def _attribution(claims: RunTokenClaims) -> Attribution:

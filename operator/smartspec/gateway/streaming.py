@@ -1,13 +1,16 @@
-"""Streamed chat completions: relay an upstream's chunks to the client as server-sent events,
+"""Streamed answers: relay an upstream's chunks to the client as server-sent events,
 assemble the answer they make, and tell how the stream ended.
 
 Contract: specs/CORE-003-gateway-and-budgets.md, section "Streaming".
 
-The client gets the OpenAI wire format: `data: <chat.completion.chunk>` events and
-`data: [DONE]`, or an error event (`data: {"error": ...}`, no `[DONE]`) when the upstream
-breaks mid-stream. The upstream is always asked for usage; the client gets the usage chunk
-only when its `stream_options.include_usage` asked for it. What the chunks deliver is counted
-as they pass (`StreamedAnswer`), so that the call can be settled however the stream ends.
+The upstream always streams Chat Completions chunks; a `StreamEncoder` writes them in the
+client's API. A chat client (`ChatEncoder`) gets the OpenAI wire format:
+`data: <chat.completion.chunk>` events and `data: [DONE]`, or an error event
+(`data: {"error": ...}`, no `[DONE]`) when the upstream breaks mid-stream. The upstream is
+always asked for usage; the client gets the usage chunk only when its
+`stream_options.include_usage` asked for it. What the chunks deliver is counted as they pass
+(`StreamedAnswer`), whichever the encoder, so that the call is settled the same way however
+the stream ends.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -162,14 +165,46 @@ def error_event(error: UpstreamError) -> bytes:
     )
 
 
+class StreamEncoder(Protocol):
+    """Writes a stream of Chat Completions chunks in the client's API."""
+
+    def chunk(self, chunk: dict[str, Any], answer: StreamedAnswer) -> bytes:
+        """The events for one upstream chunk (`answer` has already added it); b"" for none."""
+        ...
+
+    def finished(self, answer: StreamedAnswer) -> bytes:
+        """The events that end a whole answer."""
+        ...
+
+    def broken(self, error: UpstreamError) -> bytes:
+        """The event that ends a stream the upstream broke."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChatEncoder:
+    """The OpenAI wire format: each chunk as the upstream sent it (named as the model the
+    client asked for), `[DONE]`, or an error event."""
+
+    model: str
+    include_usage: bool
+
+    def chunk(self, chunk: dict[str, Any], answer: StreamedAnswer) -> bytes:
+        return client_event(chunk, self.model, self.include_usage) or b""
+
+    def finished(self, answer: StreamedAnswer) -> bytes:
+        return DONE
+
+    def broken(self, error: UpstreamError) -> bytes:
+        return error_event(error)
+
+
 async def relay(
     request: web.Request,
     response: web.StreamResponse,
     upstream: ChunkStream,
     answer: StreamedAnswer,
-    *,
-    model: str,
-    include_usage: bool,
+    encoder: StreamEncoder,
 ) -> StreamEnd:
     """Send the upstream's chunks to the client until the stream ends, and say how it did.
 
@@ -177,9 +212,7 @@ async def relay(
     waiting on its upstream writes nothing. So a watch checks the connection meanwhile and
     cancels the forwarding when it closes (the caller then closes the upstream).
     """
-    forwarding = asyncio.ensure_future(
-        _forward(request, response, upstream, answer, model=model, include_usage=include_usage)
-    )
+    forwarding = asyncio.ensure_future(_forward(request, response, upstream, answer, encoder))
     watch = asyncio.ensure_future(_cancel_when_client_leaves(request, forwarding))
     try:
         return await forwarding
@@ -197,9 +230,7 @@ async def _forward(
     response: web.StreamResponse,
     upstream: ChunkStream,
     answer: StreamedAnswer,
-    *,
-    model: str,
-    include_usage: bool,
+    encoder: StreamEncoder,
 ) -> StreamEnd:
     end = StreamEnd.FINISHED
     try:
@@ -207,18 +238,18 @@ async def _forward(
         try:
             async for chunk in upstream.chunks:
                 answer.add(chunk)
-                event = client_event(chunk, model, include_usage)
-                if event is not None:
-                    await response.write(event)
+                events = encoder.chunk(chunk, answer)
+                if events:
+                    await response.write(events)
             if answer.finish_reason is None:
                 raise UpstreamError(
                     "stream_broken", 502, "the stream ended before the answer finished"
                 )
         except UpstreamError as error:
             end = StreamEnd.UPSTREAM_BROKE
-            await response.write(error_event(error))
+            await response.write(encoder.broken(error))
         else:
-            await response.write(DONE)
+            await response.write(encoder.finished(answer))
         await response.write_eof()
     except ConnectionError:  # a write to a client that has gone
         return (

@@ -47,9 +47,9 @@ def normalise_request(body: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _exact(body[key]) for key in _ANSWER_FIELDS if key in body}
 
 
-def request_hash(body: Mapping[str, Any]) -> str:
-    """sha256 of the normalised request's canonical JSON."""
-    return content_hash(normalise_request(body))
+def request_hash(normalised: Mapping[str, Any]) -> str:
+    """sha256 of a normalised request's canonical JSON."""
+    return content_hash(normalised)
 
 
 def transcript_key(namespace: str, digest: str) -> str:
@@ -70,16 +70,17 @@ def _exact(value: object) -> object:
 async def store_transcript(
     store: ObjectStore,
     namespace: str,
-    request: Mapping[str, Any],
+    normalised: Mapping[str, Any],
     response_body: bytes,
     attribution: Mapping[str, Any],
 ) -> str:
-    """Record one exchange (write-once: the same request keeps its first answer)."""
-    digest = request_hash(request)
+    """Record one exchange by its normalised request (`normalise_request`); write-once:
+    the same request keeps its first answer."""
+    digest = request_hash(normalised)
     # The response is kept as the exact text that was returned, so a replay is byte-identical.
     document = {
         "requestHash": digest,
-        "request": normalise_request(request),
+        "request": dict(normalised),
         "responseBody": response_body.decode("utf-8"),
         "attribution": dict(attribution),
     }
@@ -91,9 +92,12 @@ async def store_transcript(
     return store.uri(key)
 
 
-async def load_transcript(store: ObjectStore, namespace: str, request: Mapping[str, Any]) -> bytes:
-    """The recorded response body for this request; TranscriptMissingError when none."""
-    digest = request_hash(request)
+async def load_transcript(
+    store: ObjectStore, namespace: str, normalised: Mapping[str, Any]
+) -> bytes:
+    """The recorded response body for this normalised request; TranscriptMissingError when
+    none."""
+    digest = request_hash(normalised)
     try:
         raw = await asyncio.to_thread(store.get, transcript_key(namespace, digest))
     except StorageError as error:
