@@ -27,12 +27,14 @@ from smartspec.kube.client import KubeClient, load_configuration
 from smartspec.kube.events import EventRecorder
 from smartspec.kube.leader import LeaderElector
 from smartspec.logic.leader import LeaderTimings
+from smartspec.logic.retention import Lifetimes
 from smartspec.logic.run_tokens import parse_token_keys
 from smartspec.logic.storage_check import CheckResult, describe, failures
 from smartspec.observability import metrics
 from smartspec.observability.logs import configure_logging, get_logger
 from smartspec.provenance import ProvenanceSettings, read_provenance_keys
 from smartspec.reconcilers.budgets import BudgetContext, register_budget_handlers
+from smartspec.reconcilers.retention import RetentionContext, register_retention
 from smartspec.reconcilers.runs import RunContext, register_run_handlers
 from smartspec.reconcilers.specs import SpecRegistryContext, register_spec_handlers
 from smartspec.settings import OperatorSettings
@@ -45,6 +47,8 @@ FINALIZER = "smartspec.dev/finalizer"
 LIST_PAGE_SIZE = 500
 """Objects per page when kopf lists a kind (at start and after a watch expires)."""
 WORKER_IDLE_SECONDS = 0.5
+CLEANUP_READ_TIMEOUT_SECONDS = 10.0
+"""Read timeout of the store's list and delete calls made by the finalizer and the sweep."""
 LEASE_REQUEST_SECONDS = 5.0
 """Timeout of one Lease read or write: several fit in the renew deadline."""
 
@@ -72,6 +76,24 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     register_budget_handlers(registry, BudgetContext(kube=kube, events=events))
     context = build_run_context(settings, store, kube, events, keys)
     register_run_handlers(registry, dataclasses.replace(context, provenance=provenance))
+    register_retention(
+        registry,
+        RetentionContext(
+            kube=kube,
+            events=events,
+            store=context.cleanup_store or store,
+            defaults=Lifetimes(
+                succeeded_run=settings.retention_succeeded_run_seconds,
+                failed_run=settings.retention_failed_run_seconds,
+                artifact=settings.retention_artifact_seconds,
+                transcript=settings.retention_transcript_seconds,
+            ),
+            sweep_seconds=settings.retention_sweep_seconds,
+            orphan_grace_seconds=settings.retention_orphan_grace_seconds,
+            namespaces=tuple(settings.namespaces),
+            signing=provenance is not None,
+        ),
+    )
 
     # A fresh registry has none of kopf's default login handlers; use kopf's own in-cluster
     # and kubeconfig readers (no client library involved, so nothing else can shadow them).
@@ -180,6 +202,17 @@ def build_run_context(
         url_ttl_seconds=settings.url_ttl_seconds,
         resync_seconds=settings.run_resync_seconds,
         workers=settings.run_workers,
+        # Deletions must fail fast when the store does not answer: the finalizer retries
+        # with backoff, and a namespace's deletion waits on it.
+        cleanup_store=S3ObjectStore(
+            settings.s3_bucket,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            max_attempts=2,
+            read_timeout_seconds=CLEANUP_READ_TIMEOUT_SECONDS,
+            credentials_file=settings.retention_s3_credentials_file,
+        ),
+        finalizer_timeout_seconds=settings.retention_finalizer_timeout_seconds,
     )
 
 

@@ -86,6 +86,29 @@ class OperatorSettings(BaseSettings):
     """Lifetime of the presigned storage URLs handed to sandboxes."""
     s3_self_check: Literal["enforce", "warn"] = "enforce"
     """What a failed storage self-check at start-up does: refuse to start, or log a warning."""
+    retention_succeeded_run_seconds: int | None = Field(default=None, ge=0)
+    """Default lifetime of a Succeeded run after it finished (budgets without a retention
+    policy); unset: kept forever."""
+    retention_failed_run_seconds: int | None = Field(default=None, ge=0)
+    """Default lifetime of a Failed run after it finished; unset: kept forever."""
+    retention_artifact_seconds: int | None = Field(default=None, ge=0)
+    """Default lifetime of a finished run's files and reports; unset: as long as the run."""
+    retention_transcript_seconds: int | None = Field(default=None, ge=0)
+    """Default lifetime of model-call transcripts; unset: kept forever."""
+    retention_s3_credentials_file: Path | None = None
+    """AWS shared credentials file ([default] profile) of the identity that lists the bucket
+    and deletes runs' files and transcripts; unset: the operator's own credentials, which
+    then need those rights. Kept apart so that the operator's own key, which signs the
+    sandboxes' upload policies, never needs a right on the gateway's transcripts."""
+    retention_sweep_seconds: float = Field(default=3600.0, ge=1, le=86400)
+    """How often the retention sweep looks for runs, files and transcripts past their
+    lifetime, and for files no run owns."""
+    retention_orphan_grace_seconds: int = Field(default=3600, ge=0, le=30 * 86400)
+    """Files no run owns are deleted only once this much older than the sweep's run listing
+    (clock skew between the store and the operator)."""
+    retention_finalizer_timeout_seconds: int = Field(default=600, ge=0, le=7 * 86400)
+    """How long a deleted run waits for its files to be deleted before it is let go with
+    files left (the sweep deletes them later): no deletion waits on the store forever."""
 
 
 class GatewaySettings(BaseSettings):

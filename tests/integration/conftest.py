@@ -23,12 +23,11 @@ from testcluster.harness import (
     GatewayProcess,
     OperatorProcess,
     apply_documents,
-    wait_for,
     write_gateway_config,
 )
 from testcluster.plugin import Cluster
 from testcluster.rest import ApiException, Rest
-from testcluster.runs import API, example
+from testcluster.runs import API, example, wait_for_attestations
 from testcluster.s3 import S3Endpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,22 +155,6 @@ def start_operator(
         for _, process in started:
             if process.running:
                 process.stop()
-
-
-def wait_for_attestations(rest: Rest, namespace: str) -> None:
-    """Every Succeeded or Failed run in the namespace has status.provenance (CORE-005)."""
-    path = f"/apis/smartspec.dev/v1alpha1/namespaces/{namespace}/generationruns"
-
-    def unattested() -> list[str]:
-        return [
-            run["metadata"]["name"]
-            for run in rest.get(path)["items"]
-            if (run.get("status") or {}).get("phase") in {"Succeeded", "Failed"}
-            and not run["status"].get("provenance")
-        ]
-
-    # The operator waits up to a minute for the gateway's last charges before it signs.
-    wait_for(lambda: not unattested(), f"every finished run in {namespace} to be attested", 90)
 
 
 @pytest.fixture

@@ -51,12 +51,14 @@ def resolve_helm() -> Path:
 
 
 def s3_secret(name: str, s3: S3Endpoint) -> dict[str, Any]:
-    """A Secret with the operator's and the gateway's S3 key pairs."""
+    """A Secret with the operator's and the gateway's S3 key pairs, and retention's
+    credentials file (the chart's `retention.s3CredentialsSecret` format)."""
     data = {
         f"{identity}-{field}": getattr(s3.credentials[identity], attribute)
         for identity in ("operator", "gateway")
         for field, attribute in (("id", "access_key_id"), ("secret", "secret_access_key"))
     }
+    data["credentials"] = s3.credentials_text("retention")
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -84,6 +86,7 @@ def local_values(
     s3_host, _, s3_port = s3.endpoint_url.removeprefix("http://").partition(":")
     return {
         "s3": {"bucket": s3.bucket, "endpointUrl": s3.endpoint_url, "region": s3.region},
+        "retention": {"s3CredentialsSecret": s3_keys},
         "operator": {
             "namespaces": namespaces,
             "extraEnv": _env(api_host, api_port, s3_keys, "operator"),

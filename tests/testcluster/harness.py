@@ -243,6 +243,9 @@ class OperatorProcess(SmartspecProcess):
             "SMARTSPEC_DEPENDENCY_RECHECK_SECONDS": "5",
             "SMARTSPEC_LOG_LEVEL": "DEBUG",
             "SMARTSPEC_PROVENANCE_KEYS_FILE": str(provenance_keys(log_path.parent)),
+            "SMARTSPEC_RETENTION_S3_CREDENTIALS_FILE": str(
+                s3.credentials_file("retention", log_path.with_suffix(".retention-s3"))
+            ),
             **(extra_env or {}),
         }
         super().__init__(log_path, env, probe_port=liveness_port, metrics_port=metrics_port)

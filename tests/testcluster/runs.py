@@ -65,3 +65,19 @@ def bind_leader_election(rest: Rest, namespace: str) -> None:
             ],
         },
     )
+
+
+def wait_for_attestations(rest: Rest, namespace: str) -> None:
+    """Every Succeeded or Failed run in the namespace has status.provenance (CORE-005)."""
+    path = f"/apis/smartspec.dev/v1alpha1/namespaces/{namespace}/generationruns"
+
+    def unattested() -> list[str]:
+        return [
+            run["metadata"]["name"]
+            for run in rest.get(path)["items"]
+            if (run.get("status") or {}).get("phase") in {"Succeeded", "Failed"}
+            and not run["status"].get("provenance")
+        ]
+
+    # The operator waits up to a minute for the gateway's last charges before it signs.
+    wait_for(lambda: not unattested(), f"every finished run in {namespace} to be attested", 90)

@@ -48,7 +48,7 @@ __all__ = ["IDENTITIES", "S3Credentials", "S3Endpoint", "S3Server", "resolve_wee
 
 REGION = "us-east-1"
 BUILD_SCRIPT = "tools/build-seaweedfs.sh"
-IDENTITIES = ("admin", "operator", "gateway", "auditor")
+IDENTITIES = ("admin", "operator", "retention", "gateway", "auditor")
 # The ports `weed mini` opens: each service's HTTP and gRPC port, and the admin server's.
 _PORTS = (
     "master.port",
@@ -112,6 +112,21 @@ class S3Endpoint:
             "AWS_REGION": self.region,
         }
 
+    def credentials_file(self, identity: str, path: Path) -> Path:
+        """An AWS shared credentials file whose [default] profile is `identity`."""
+        path.write_text(self.credentials_text(identity))
+        path.chmod(0o600)
+        return path
+
+    def credentials_text(self, identity: str) -> str:
+        """The text of that file."""
+        credentials = self.credentials[identity]
+        return (
+            "[default]\n"
+            f"aws_access_key_id = {credentials.access_key_id}\n"
+            f"aws_secret_access_key = {credentials.secret_access_key}\n"
+        )
+
     def client(self, identity: str = "admin", *, retries: int = 3) -> Any:
         """A boto3 S3 client signing as `identity`, with SigV4 as S3ObjectStore signs."""
         credentials = self.credentials[identity]
@@ -146,6 +161,15 @@ def identity_actions(bucket: str) -> dict[str, list[str]]:
             f"{verb}:{bucket}/*/{area}/*"
             for verb in ("Read", "Write")
             for area in ("ledger", "transcripts")
+        ],
+        # The operator's second identity, for retention (CORE-001): it lists the bucket and
+        # deletes runs' files and transcripts. SeaweedFS grants DeleteObject with Write;
+        # on AWS it would hold s3:DeleteObject alone. Its key signs no upload policy.
+        "retention": [f"List:{bucket}", f"List:{bucket}/*"]
+        + [
+            f"{verb}:{bucket}/*/{area}/*"
+            for verb in ("Read", "Write")
+            for area in ("runs", "transcripts")
         ],
         # An auditor verifying attestations (CORE-005): reads the bucket, writes nothing.
         "auditor": [f"Read:{bucket}/*"],

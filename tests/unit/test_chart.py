@@ -325,6 +325,8 @@ ALL_OPTIONAL = [
     'operator.localModels={"llama":{"image":"vllm/vllm-openai:v0.6","port":8000}}',
     "--set-json",
     'operator.namespaces=["team-a","team-b"]',
+    "--set",
+    "retention.s3CredentialsSecret=smartspec-retention-s3",
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -116,3 +117,26 @@ def test_the_upload_policy_pins_prefix_size_and_expiry(s3_client: Any) -> None:
     fields = {name.lower(): value for name, value in default["fields"].items()}
     conditions = json.loads(base64.b64decode(fields["policy"]))["conditions"]
     assert ["content-length-range", 0, UPLOAD_MAX_OBJECT_BYTES] in conditions
+
+
+def test_a_credentials_file_wins_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention's identity (CORE-004 "Storage") lives beside the operator's own, which the
+    environment names: the file's keys are the ones that sign."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "operator-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator-secret")
+    path = tmp_path / "credentials"
+    path.write_text("[default]\naws_access_key_id = retention-key\naws_secret_access_key = s\n")
+    store = S3ObjectStore("bucket", endpoint_url="http://127.0.0.1:9", credentials_file=path)
+    assert store.client._request_signer._credentials.access_key == "retention-key"
+
+
+@pytest.mark.parametrize(
+    "text", ["", "[default]\naws_access_key_id = k\n", "[other]\naws_access_key_id = k\n", "= x"]
+)
+def test_a_bad_credentials_file_is_refused_naming_it(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "credentials"
+    path.write_text(text)
+    with pytest.raises(StorageError, match="credentials"):
+        S3ObjectStore("bucket", endpoint_url="http://127.0.0.1:9", credentials_file=path)

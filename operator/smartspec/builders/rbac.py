@@ -90,12 +90,14 @@ def build_operator_cluster_role() -> dict[str, Any]:
             },
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
             # Watch our resources; patch them for kopf's annotations (Specs' progress and diff
-            # base) and for a run's spec labels.
+            # base) and for a run's spec labels and finalizer.
             {
                 "apiGroups": [GROUP],
                 "resources": [SPECS, RUNS, BUDGETS],
                 "verbs": ["get", "list", "watch", "patch"],
             },
+            # Retention deletes finished runs past their lifetime (CORE-001 "Retention").
+            {"apiGroups": [GROUP], "resources": [RUNS], "verbs": ["delete"]},
             # Status is written by exactly one writer per field (CORE-001); the operator's.
             {
                 "apiGroups": [GROUP],

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from smartspec.logic.canonical import hex_digest
 
-__all__ = ["attempt_prefix", "s3_uri", "spec_snapshot_key"]
+__all__ = [
+    "attempt_prefix",
+    "run_prefix",
+    "runs_prefix",
+    "s3_uri",
+    "spec_snapshot_key",
+    "transcripts_prefix",
+]
 
 
 def spec_snapshot_key(namespace: str, content_hash: str) -> str:
@@ -25,6 +32,21 @@ def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
+def runs_prefix(namespace: str) -> str:
+    """<ns>/runs/: every run's objects in the namespace."""
+    return f"{namespace}/runs/"
+
+
+def run_prefix(namespace: str, run: str, run_uid: str) -> str:
+    """<ns>/runs/<run>/<uid>/: one run's attempts and its attestation."""
+    return f"{runs_prefix(namespace)}{run}/{run_uid}/"
+
+
 def attempt_prefix(namespace: str, run: str, run_uid: str, attempt: int) -> str:
     """<ns>/runs/<run>/<uid>/attempt-<k>/: everything one attempt's sandboxes write."""
-    return f"{namespace}/runs/{run}/{run_uid}/attempt-{attempt}/"
+    return f"{run_prefix(namespace, run, run_uid)}attempt-{attempt}/"
+
+
+def transcripts_prefix(namespace: str) -> str:
+    """<ns>/transcripts/: the gateway's content-addressed model-call transcripts."""
+    return f"{namespace}/transcripts/"

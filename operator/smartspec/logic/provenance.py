@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smartspec.logic.canonical import canonical_json
+from smartspec.logic.object_keys import run_prefix
 
 STATEMENT_TYPE: Final = "https://in-toto.io/Statement/v1"
 PAYLOAD_TYPE: Final = "application/vnd.in-toto+json"
@@ -55,7 +56,7 @@ class ProvenanceError(ValueError):
 
 def attestation_key(namespace: str, run: str, run_uid: str) -> str:
     """Where a run's envelope is stored: beside its attempts, once per run uid."""
-    return f"{namespace}/runs/{run}/{run_uid}/{ATTESTATION_NAME}"
+    return f"{run_prefix(namespace, run, run_uid)}{ATTESTATION_NAME}"
 
 
 def sha256_hex(data: bytes) -> str:

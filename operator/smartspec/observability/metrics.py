@@ -131,3 +131,33 @@ OPERATOR_LEADER = Gauge(
     "smartspec_operator_leader",
     "1 while this operator replica holds the leader-election Lease and reconciles; 0 standby.",
 )
+RETENTION_RUNS_DELETED = Counter(
+    "smartspec_retention_runs_deleted_total",
+    "GenerationRuns deleted by retention, by phase.",
+    ["phase"],
+)
+RETENTION_OBJECTS_DELETED = Counter(
+    "smartspec_retention_objects_deleted_total",
+    "Stored objects deleted, by what they were: run (files of a deleted run), artifacts (of a "
+    "kept run), transcripts, orphans (files no run owns).",
+    ["kind"],
+)
+RETENTION_BYTES_DELETED = Counter(
+    "smartspec_retention_bytes_deleted_total",
+    "Bytes of the stored objects deleted, by kind (as for objects).",
+    ["kind"],
+)
+RETENTION_FAILURES = Counter(
+    "smartspec_retention_failures_total",
+    "Retention or finalizer steps that failed and will be retried, by stage.",
+    ["stage"],
+)
+RETENTION_ABANDONED = Counter(
+    "smartspec_retention_abandoned_total",
+    "Deleted runs let go with files left (forced, or past the finalizer's deadline), by why.",
+    ["why"],
+)
+RETENTION_LAST_SWEEP = Gauge(
+    "smartspec_retention_last_sweep_timestamp_seconds",
+    "When the last retention sweep completed (Unix time).",
+)

@@ -39,3 +39,7 @@ class RunContext:
     """Runs reconciled at once."""
     provenance: ProvenanceSettings | None = None
     """Keys and builder id of the finished runs' attestations (CORE-005); None: none made."""
+    cleanup_store: S3ObjectStore | None = None
+    """The store the finalizer deletes through, with short timeouts (default: `store`)."""
+    finalizer_timeout_seconds: int = 600
+    """How long a deleted run waits for its files to go before it is let go without."""

@@ -41,6 +41,7 @@ from smartspec.kube.client import ConflictError, NotFoundError
 from smartspec.logic.canonical import canonical_json
 from smartspec.logic.conditions import set_condition
 from smartspec.logic.events import EventRecord
+from smartspec.logic.retention import FINALIZER
 from smartspec.logic.run_machine import Decision, decide, is_terminal, next_look, settled
 from smartspec.logic.status_patch import status_changes
 from smartspec.observability import metrics
@@ -49,6 +50,7 @@ from smartspec.provenance import AttestationError, attest_run, lacks_provenance
 from smartspec.reconcilers.scope import reconcile_scope
 
 from .run_actions import act
+from .run_cleanup import RunCleanup, holds_finalizer
 from .run_context import RetryLater, RunContext
 from .run_observe import CREATED_STATE, FINISHED_STATES, gather, sandbox_state
 from .work_queue import WorkQueue
@@ -80,6 +82,12 @@ class RunReconciler:
         self._echoes: dict[RunKey, set[str]] = {}
         """resourceVersions this reconciler wrote that carry no news for it (settled)."""
         self._task: asyncio.Task[None] | None = None
+        self.cleanup = RunCleanup(
+            kube=context.kube,
+            events=context.events,
+            store=context.cleanup_store or context.store,
+            timeout_seconds=context.finalizer_timeout_seconds,
+        )
 
     # ------------------------------------------------------------ events
 
@@ -91,6 +99,9 @@ class RunReconciler:
         if event_type == "DELETED":
             self._names.pop((namespace, uid), None)
             self.queue.forget(key)
+            return
+        if metadata.get("deletionTimestamp") and holds_finalizer(metadata):
+            self.queue.add(key)  # deleted: its files go before it does
             return
         if (body.get("status") or {}).get("phase") in TERMINAL:
             # Finished: nothing will change it again, and it costs nothing from now on.
@@ -155,6 +166,13 @@ class RunReconciler:
         except NotFoundError:
             self.queue.forget(key)
             return None
+        if body["metadata"].get("deletionTimestamp"):
+            with reconcile_scope("GenerationRun", body, "run") as outcome:
+                outcome.value = "finalize"
+                return await self.cleanup.finalize(body)
+        return await self._reconcile_live(key, body)
+
+    async def _reconcile_live(self, key: RunKey, body: Mapping[str, Any]) -> float | None:
         with reconcile_scope("GenerationRun", body, "run") as outcome:
             try:
                 run = parse_manifest(body, "GenerationRun")
@@ -259,21 +277,30 @@ class RunReconciler:
             changes["usage"] = Usage().to_wire()
             patch["metadata"] = {"resourceVersion": metadata["resourceVersion"]}
         written: set[str] = set()
+        version = metadata["resourceVersion"]
         if changes:
             try:
                 answer = await self.context.kube.merge_patch(f"{path}/status", patch)
             except ConflictError:
                 return None
-            written.add(_version(answer))
+            version = _version(answer)
+            written.add(version)
         pinned = decision.status.pinned_spec
         if pinned is not None:
             labels = metadata.get("labels") or {}
             wanted = {SPEC_LABEL: pinned.name, SPEC_REVISION_LABEL: str(pinned.revision)}
-            missing = {k: v for k, v in wanted.items() if labels.get(k) != v}
-            if missing:
-                answer = await self.context.kube.merge_patch(
-                    path, {"metadata": {"labels": missing}}
-                )
+            missing: dict[str, Any] = {k: v for k, v in wanted.items() if labels.get(k) != v}
+            update: dict[str, Any] = {"labels": missing} if missing else {}
+            if not holds_finalizer(metadata) and not is_terminal(run):
+                # Pinned runs get Jobs, and Jobs write files: from now on deleting the run
+                # deletes them too. The list is replaced whole, so only on the version read.
+                update["finalizers"] = [*(metadata.get("finalizers") or []), FINALIZER]
+                update["resourceVersion"] = version
+            if update:
+                try:
+                    answer = await self.context.kube.merge_patch(path, {"metadata": update})
+                except ConflictError:
+                    return None
                 written.add(_version(answer))
         return written
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import configparser
 import hashlib
 import threading
 import urllib.parse
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -26,7 +29,11 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from smartspec.logic.retention import StoredObject
 from smartspec.logic.upload_policy import UPLOAD_MAX_OBJECT_BYTES, upload_conditions
+
+DELETE_BATCH = 1000
+"""Keys per DeleteObjects request: the S3 API's maximum."""
 
 
 class StorageError(RuntimeError):
@@ -81,17 +88,23 @@ class S3ObjectStore:
         endpoint_url: str | None = None,
         region: str | None = None,
         client: Any | None = None,
+        max_attempts: int = 5,
+        read_timeout_seconds: float = 60.0,
+        credentials_file: Path | None = None,
     ) -> None:
         self.bucket = bucket
         self._endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
-        self._client = client or boto3.client(
+        self._client = client or _session(credentials_file).client(
             "s3",
             endpoint_url=endpoint_url,
             region_name=region,
             # SigV4 explicitly: botocore presigns with the deprecated SigV2 by default, whose
             # URLs newer AWS regions refuse and whose lifetime no server caps.
             config=Config(
-                signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"}
+                signature_version="s3v4",
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                connect_timeout=min(read_timeout_seconds, 60.0),
+                read_timeout=read_timeout_seconds,
             ),
         )
         self._region = self._client.meta.region_name or "us-east-1"
@@ -238,6 +251,82 @@ class S3ObjectStore:
             raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {error}") from error
         return found
 
+    def list_objects(self, prefix: str, start_after: str = "") -> Iterator[StoredObject]:
+        """Every object under `prefix`, sorted by key, one page at a time."""
+        arguments = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after:
+            arguments["StartAfter"] = start_after
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(**arguments):
+                for item in page.get("Contents", []):
+                    yield StoredObject(item["Key"], int(item["Size"]), item["LastModified"])
+        except (ClientError, BotoCoreError) as error:
+            raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {error}") from error
+
+    def list_children(self, prefix: str = "") -> list[str]:
+        """The first path segment of every key under `prefix` (its "folders")."""
+        found: list[str] = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            ):
+                found += [
+                    p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])
+                ]
+        except (ClientError, BotoCoreError) as error:
+            raise StorageError(f"cannot list s3://{self.bucket}/{prefix}: {error}") from error
+        return found
+
+    def delete_objects(self, keys: Sequence[str]) -> None:
+        """Delete these keys (missing ones count as deleted); StorageError naming how many
+        were refused, after deleting every key it could."""
+        refused: list[str] = []
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start : start + DELETE_BATCH]]
+            try:
+                answer = self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            except (ClientError, BotoCoreError) as error:
+                raise StorageError(
+                    f"cannot delete {len(keys)} objects in s3://{self.bucket}: {error}"
+                ) from error
+            refused += [
+                f"{e.get('Key')} ({e.get('Code')})"
+                for e in answer.get("Errors", [])
+                if e.get("Code") != "NoSuchKey"
+            ]
+        if refused:
+            raise StorageError(
+                f"s3://{self.bucket} refused to delete {len(refused)} of {len(keys)} objects, "
+                f"e.g. {refused[0]}"
+            )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _session(credentials_file: Path | None) -> boto3.Session:
+    """boto3's standard credential chain, or the [default] profile of one shared
+    credentials file: a second identity in the same process (retention's), which the
+    environment's AWS_ACCESS_KEY_ID, first in the chain, must not override."""
+    if credentials_file is None:
+        return boto3.Session()
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string(credentials_file.read_text(encoding="utf-8"))
+        section = parser["default"]
+        return boto3.Session(
+            aws_access_key_id=section["aws_access_key_id"],
+            aws_secret_access_key=section["aws_secret_access_key"],
+            aws_session_token=section.get("aws_session_token"),
+        )
+    except (OSError, configparser.Error, KeyError) as error:
+        raise StorageError(
+            f"{credentials_file}: not a credentials file with aws_access_key_id and "
+            f"aws_secret_access_key under [default] ({error!r})"
+        ) from error
+
 
 def _status(error: ClientError) -> int:
     metadata = error.response.get("ResponseMetadata", {})
@@ -250,6 +339,8 @@ class InMemoryObjectStore:
     def __init__(self, bucket: str = "memory") -> None:
         self.bucket = bucket
         self.objects: dict[str, bytes] = {}
+        self.written_at: dict[str, datetime] = {}
+        """When each object was written (tests set it to age objects)."""
         self.writes = 0
         self._lock = threading.Lock()
 
@@ -258,6 +349,7 @@ class InMemoryObjectStore:
             existing = self.objects.get(key)
             if existing is None:
                 self.objects[key] = body
+                self.written_at[key] = datetime.now(UTC)
                 self.writes += 1
                 return True
         if existing != body:
@@ -282,3 +374,24 @@ class InMemoryObjectStore:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+    def list_objects(self, prefix: str, start_after: str = "") -> Iterator[StoredObject]:
+        with self._lock:
+            keys = sorted(k for k in self.objects if k.startswith(prefix) and k > start_after)
+        for key in keys:
+            yield StoredObject(key, len(self.objects[key]), self.written_at.get(key, _EPOCH))
+
+    def list_children(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            return sorted(
+                {
+                    k[len(prefix) :].split("/", 1)[0]
+                    for k in self.objects
+                    if k.startswith(prefix) and "/" in k[len(prefix) :]
+                }
+            )
+
+    def delete_objects(self, keys: Sequence[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self.objects.pop(key, None)

@@ -33,6 +33,8 @@ KIND = "CreditBudget"
 PLURAL = "creditbudgets"
 MAX_RESERVATIONS = 256
 MAX_MODEL_PATTERNS = 64
+MAX_RETENTION_SECONDS = 100 * 366 * 86400
+"""A century: lifetimes are bounded so that deadline arithmetic never overflows."""
 
 
 class ConditionType(StrEnum):
@@ -118,6 +120,25 @@ class ModelPolicy(WireModel):
 
 
 ThresholdPercent = Annotated[int, Field(ge=1, le=100, strict=True)]
+RetentionSeconds = Annotated[int, Field(ge=0, le=MAX_RETENTION_SECONDS, strict=True)]
+
+
+class RetentionPolicy(WireModel):
+    """How long a tenant's finished runs and their stored data are kept (CORE-001
+    "Retention"). A budget with this block states the whole policy: a lifetime it leaves out
+    is forever. A budget without one follows the installation's defaults (the chart's
+    `retention` values). The ledger, attestations and Spec snapshots are never deleted."""
+
+    succeeded_run_seconds: RetentionSeconds | None = None
+    """A Succeeded GenerationRun is deleted this long after it finished (with its files)."""
+    failed_run_seconds: RetentionSeconds | None = None
+    """A Failed GenerationRun is deleted this long after it finished (with its files)."""
+    artifact_seconds: RetentionSeconds | None = None
+    """A finished run's files, manifests, feedback and test reports are deleted this long
+    after it finished, even while the run object is kept; its attestation stays."""
+    transcript_seconds: RetentionSeconds | None = None
+    """Model-call transcripts are deleted this long after they were written; replaying a
+    run needs them."""
 
 
 class CreditBudgetSpec(WireModel):
@@ -141,6 +162,9 @@ class CreditBudgetSpec(WireModel):
     """Allowed and denied models."""
     enforcement: EnforcementMode = EnforcementMode.ENFORCE
     """Enforce refuses calls over budget; Shadow lets them through and records them."""
+    retention: RetentionPolicy | None = None
+    """How long the tenant's finished runs, files and transcripts are kept; absent: the
+    installation's defaults. Applies to the runs that charge this budget."""
 
     CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
         CelRule(

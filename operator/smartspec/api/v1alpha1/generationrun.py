@@ -49,6 +49,8 @@ class ConditionType(StrEnum):
     """The current attempt's test Job finished and its report is stored."""
     SUCCEEDED = "Succeeded"
     """Terminal: True when generated tests ran and passed, False when the run failed."""
+    ARTIFACTS_DELETED = "ArtifactsDeleted"
+    """Retention or deletion removed the run's stored files (True), or is retrying (False)."""
 
 
 class Reason(StrEnum):
@@ -79,6 +81,13 @@ class Reason(StrEnum):
     TESTS_PASSED = "TestsPassed"
     RUN_TIMEOUT = "RunTimeout"
     SUSPENDED = "Suspended"
+    RETENTION_EXPIRED = "RetentionExpired"
+    """The files outlived the tenant's artifactSeconds and were deleted (CORE-001)."""
+    DELETE_FAILED = "DeleteFailed"
+    """Deleting the run's files failed; the operator retries with backoff."""
+    ABANDONED = "Abandoned"
+    """The run was let go (forced, or past the finalizer's deadline) with files left in the
+    store; the retention sweep deletes them once it can."""
 
 
 class Phase(StrEnum):
@@ -426,6 +435,18 @@ class Provenance(WireModel):
     https://smartspec.dev/provenance/failed-run/v1 for a Failed one."""
 
 
+class Retention(WireModel):
+    """What retention deleted of a finished run that is kept (CORE-001 "Retention")."""
+
+    artifacts_deleted_at: AwareDatetime
+    """When the files, manifests, feedback and reports were deleted; the attestation stays,
+    and status.artifacts and status.evidence keep the digests an auditor checks."""
+    objects_deleted: int = Field(ge=0)
+    """Objects deleted."""
+    bytes_deleted: int = Field(ge=0)
+    """Bytes deleted."""
+
+
 class GenerationRunStatus(WireModel):
     """Observed state of a run. usage is written by the gateway, the rest by the run reconciler."""
 
@@ -460,10 +481,12 @@ class GenerationRunStatus(WireModel):
     """When the run reached Succeeded or Failed."""
     provenance: Provenance | None = None
     """The signed attestation of the finished run; absent until it is stored."""
+    retention: Retention | None = None
+    """Set when retention deleted the files of this kept run."""
     conditions: list[Condition] = Field(
         default_factory=list, max_length=8, json_schema_extra=CONDITIONS_LIST_SCHEMA
     )
-    """Admitted, Generated, Tested, Succeeded."""
+    """Admitted, Generated, Tested, Succeeded, ArtifactsDeleted."""
 
 
 class GenerationRun(Resource):
