@@ -262,9 +262,9 @@ class RunReconciler:
     async def _write(
         self, body: Mapping[str, Any], run: GenerationRun, decision: Decision
     ) -> set[str] | None:
-        """The status keys that changed, and the spec labels once pinned; the
-        resourceVersions written, or None when the write lost a compare-and-swap (only
-        when it opens `usage`)."""
+        """The status keys that changed, and once pinned the spec labels and the
+        `smartspec.dev/artifacts` finalizer; the resourceVersions written, or None when a
+        write lost a compare-and-swap (opening `usage`, or replacing the finalizers)."""
         metadata = body["metadata"]
         path = f"{API}/namespaces/{metadata['namespace']}/{PLURAL}/{metadata['name']}"
         before = run.status.to_wire() if run.status is not None else {}
