@@ -2,14 +2,17 @@
 
 A real HTTP server on 127.0.0.1 (aiohttp), not a mock object: the gateway, the `openai`
 client and litellm all reach it over TCP exactly as they would reach a provider. It serves
-`POST /v1/chat/completions` and `GET /v1/models`; see
+`POST /v1/chat/completions` and `GET /v1/models`, and `POST /v1/messages` in Anthropic's
+format for routes on litellm's Anthropic provider (`anthropic_format`); see
 specs/CORE-003-gateway-and-budgets.md for the gateway behaviour the tests drive with it.
 It is a stub: every answer is canned, never generated.
 
 Answers are deterministic: the reply comes from `reply_fn(request body)`, prompt tokens
 are the message characters // 4 (at least 1), and completion tokens are the reply's
 characters // 4 (at least 1), never more than the request's max_tokens; a reply that would
-exceed it is cut and finishes with "length".
+exceed it is cut and finishes with "length". A reply that holds one of the request's `stop`
+strings ends before it, with finish reason "stop" and, as vLLM writes it, the choice's
+`stop_reason` naming the string (streamed: on the chunk with the finish reason).
 
 Failures are scripted at run time:
 
@@ -54,14 +57,20 @@ import contextlib
 import itertools
 import json
 import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 from aiohttp import web
+
+if not __package__:  # run as a script (benchmarks): python tests/stubs/openai_stub.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stubs.anthropic_format import message_answer, message_events
 
 __all__ = ["Reply", "ScriptItem", "StreamRecord", "StubServer", "default_reply", "error_body"]
 
@@ -142,6 +151,8 @@ class StubServer:
     """A "stream-cut" answer closes the connection after this many chunks."""
     streams: list[StreamRecord] = field(default_factory=list)
     """Every streamed answer, in order, and how it ended."""
+    messages_requests: list[dict[str, Any]] = field(default_factory=list)
+    """Every JSON body received on /v1/messages (Anthropic's API), in order."""
 
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
@@ -163,6 +174,7 @@ class StubServer:
             raise RuntimeError("the stub is already running")
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._list_models)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -297,6 +309,21 @@ class StubServer:
         record.ended = "done"
         return response
 
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic's Messages API, canned (`anthropic_format`), for routes on litellm's
+        Anthropic provider; the body is kept in `messages_requests`."""
+        body = await request.json()
+        self.messages_requests.append(body)
+        answer = message_answer(body, self.reply_fn(body), next(self._ids))
+        if not body.get("stream"):
+            return web.json_response(answer)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in message_events(answer, self.chunk_chars):
+            await response.write(event)
+        await response.write_eof()
+        return response
+
     def _answer(self, body: dict[str, Any], step: ScriptItem | None) -> dict[str, Any]:
         """The canned completion, or the scripted Reply's content in its place."""
         answer = self._completion(body, body["model"], body["messages"], _max_tokens(body))
@@ -344,7 +371,7 @@ class StubServer:
             len(_content_text(m.get("content"))) for m in messages if isinstance(m, dict)
         )
         prompt_tokens = max(1, prompt_chars // 4)
-        reply = self.reply_fn(body)
+        reply, stop_reason = _cut_at_stop(self.reply_fn(body), body.get("stop"))
         finish_reason = "stop"
         completion_tokens = max(1, len(reply) // 4)
         if max_tokens is not None and completion_tokens > max_tokens:
@@ -363,20 +390,21 @@ class StubServer:
             }
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
             finish_reason = "tool_calls"
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": message,
+            "finish_reason": finish_reason,
+            "logprobs": None,
+        }
+        if stop_reason is not None and finish_reason == "stop":
+            choice["stop_reason"] = stop_reason
         return {
             "id": f"chatcmpl-stub-{next(self._ids):06d}",
             "object": "chat.completion",
             "created": CREATED,
             "model": model,
             "system_fingerprint": "smartspec-stub",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": finish_reason,
-                    "logprobs": None,
-                }
-            ],
+            "choices": [choice],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -440,10 +468,27 @@ def completion_chunks(
             chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
             for piece in _pieces(function["arguments"], chunk_chars)
         ]
-    chunks.append(chunk({}, choice["finish_reason"]))
+    finish = chunk({}, choice["finish_reason"])
+    if "stop_reason" in choice:
+        finish["choices"][0]["stop_reason"] = choice["stop_reason"]
+    chunks.append(finish)
     if include_usage and with_usage:
         chunks.append({**base, "choices": [], "usage": answer["usage"]})
     return chunks
+
+
+def _cut_at_stop(reply: str, stop: object) -> tuple[str, str | None]:
+    """The reply up to the first stop sequence it holds, and that sequence (or None)."""
+    sequences = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    found = [
+        (reply.find(sequence), sequence)
+        for sequence in sequences
+        if isinstance(sequence, str) and sequence and sequence in reply
+    ]
+    if not found:
+        return reply, None
+    position, sequence = min(found)
+    return reply[:position], sequence
 
 
 def _pieces(text: str, size: int) -> list[str]:

@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from smartspec.api.gateway import STRUCTURED_OUTPUT_FIELD
+from smartspec.gateway import anthropic_messages
 from smartspec.gateway.accounting import BudgetUnavailableError, LeaseAccount, LeaseSettings
 from smartspec.gateway.chat_request import ChatRequest, read_json, validate_chat_request
 from smartspec.gateway.config import GatewayConfig
@@ -542,6 +543,7 @@ def build_app(gateway: Gateway) -> web.Application:
         middlewares=[_errors_and_metrics], client_max_size=gateway.options.max_body_bytes
     )
     app.router.add_post("/v1/chat/completions", gateway.chat_completions)
+    app.router.add_post("/v1/messages", anthropic_messages.messages_handler(gateway))
     app.router.add_get("/v1/models", gateway.models)
 
     async def healthz(_: web.Request) -> web.Response:

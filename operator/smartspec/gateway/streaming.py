@@ -1,7 +1,8 @@
 """Streamed answers: relay an upstream's chunks to the client as server-sent events,
 assemble the answer they make, and tell how the stream ended.
 
-Contract: specs/CORE-003-gateway-and-budgets.md, section "Streaming".
+Contract: specs/CORE-003-gateway-and-budgets.md, sections "Streaming" and "Anthropic
+Messages".
 
 The upstream always streams Chat Completions chunks; a `StreamEncoder` writes them in the
 client's API. A chat client (`ChatEncoder`) gets the OpenAI wire format:

@@ -6,6 +6,11 @@ The key is the hash of the *normalised* request: the fields that decide a model'
 (model, messages, sampling parameters, tools), with floats written as their shortest decimal
 text so the canonical JSON is exact. A replayed run sends the same requests and gets the
 same bytes back at no cost; a request with no transcript is an error, never a live call.
+
+A Messages request (Anthropic's API) is keyed by its own normalised form, marked with the API
+it came through, so it can never be answered from a chat completion's transcript or the
+other way round, and a change in how it is translated for the upstream does not change its
+key (section "Anthropic Messages").
 """
 
 from __future__ import annotations
@@ -38,6 +43,23 @@ _ANSWER_FIELDS = (
 )
 
 
+# Fields of an Anthropic Messages request that can change the answer.
+_MESSAGES_ANSWER_FIELDS = (
+    "model",
+    "system",
+    "messages",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "tools",
+    "tool_choice",
+)
+MESSAGES_API = "anthropic.messages"
+"""The `api` of a normalised Messages request (a chat request's normalised form has none)."""
+
+
 class TranscriptMissingError(LookupError):
     """Replay asked for a request that was never recorded."""
 
@@ -45,6 +67,12 @@ class TranscriptMissingError(LookupError):
 def normalise_request(body: Mapping[str, Any]) -> dict[str, Any]:
     """The answer-deciding part of a request, with floats as exact decimal strings."""
     return {key: _exact(body[key]) for key in _ANSWER_FIELDS if key in body}
+
+
+def normalise_messages_request(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer-deciding part of a Messages request, marked with its API."""
+    fields = {key: _exact(body[key]) for key in _MESSAGES_ANSWER_FIELDS if key in body}
+    return {"api": MESSAGES_API, **fields}
 
 
 def request_hash(normalised: Mapping[str, Any]) -> str:
@@ -74,8 +102,8 @@ async def store_transcript(
     response_body: bytes,
     attribution: Mapping[str, Any],
 ) -> str:
-    """Record one exchange by its normalised request (`normalise_request`); write-once:
-    the same request keeps its first answer."""
+    """Record one exchange by its normalised request (`normalise_request` or
+    `normalise_messages_request`); write-once: the same request keeps its first answer."""
     digest = request_hash(normalised)
     # The response is kept as the exact text that was returned, so a replay is byte-identical.
     document = {
