@@ -483,6 +483,22 @@ def _streamed_or_none(gateway: GatewayProcess, token: str) -> tuple[str, Message
         return None
 
 
+def test_the_responses_api_is_not_served_and_says_what_to_use(
+    start_gateway: StartGateway, stub: StubServer
+) -> None:
+    gateway = start_gateway()
+    responses = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as raised:
+        responses.responses.create(model="stub-model", input="hi")
+    error = raised.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "endpoint_not_served"
+    assert "/v1/chat/completions" in error["message"]
+    assert "/v1/messages" in error["message"]
+    assert httpx.get(f"{gateway.url}/v1/responses/resp_1", timeout=10).status_code == 404
+    assert stub.requests == []
+
+
 def test_a_route_on_anthropics_api_is_called_through_litellms_anthropic_provider(
     cluster: Cluster,
     tenant: str,

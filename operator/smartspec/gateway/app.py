@@ -537,6 +537,18 @@ async def _errors_and_metrics(
     return response
 
 
+async def _responses_not_served(_: web.Request) -> web.Response:
+    """The OpenAI Responses API is not served (CORE-003, "Anthropic Messages")."""
+    raise GatewayError(
+        404,
+        "invalid_request_error",
+        "the Responses API (/v1/responses) is not served by this gateway: its state lives on "
+        "the server (previous_response_id, stored responses) and its built-in tools run there; "
+        "use POST /v1/chat/completions (OpenAI clients) or POST /v1/messages (Anthropic clients)",
+        "endpoint_not_served",
+    )
+
+
 def build_app(gateway: Gateway) -> web.Application:
     """The aiohttp application with every route and the flush loop's lifecycle."""
     app = web.Application(
@@ -545,6 +557,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/v1/chat/completions", gateway.chat_completions)
     app.router.add_post("/v1/messages", anthropic_messages.messages_handler(gateway))
     app.router.add_get("/v1/models", gateway.models)
+    app.router.add_route("*", "/v1/responses{rest:.*}", _responses_not_served)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
