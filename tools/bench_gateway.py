@@ -22,8 +22,8 @@ for each stub answer delay and at 1, 16 and 64 concurrent calls:
    (4 writers doing reserve + settle CAS writes directly on one CreditBudget);
 4. streams: time to the first event (TTFB) and to the end of the same streamed answer,
    straight from the stub (which waits --chunk-delay-ms before each chunk) and through the
-   gateway on both routes, at 1 and 16 concurrent; p50, p99 and the gateway's overhead.
-   `--streams-only` measures only this.
+   gateway on both routes, as chat completions and as Anthropic Messages, at 1 and 16
+   concurrent; p50, p99 and the gateway's overhead. `--streams-only` measures only this.
 
 Figures print; nothing is asserted (see specs/CORE-003-gateway-and-budgets.md). Everything
 shares this machine's cores: the client, the stub, the gateway, the S3 server and the API server.
@@ -128,34 +128,41 @@ async def measure_gateway(
 
 
 async def measure_streams(
-    url: str, token: str, concurrency: int, calls: int, model: str = "stub-model"
+    url: str,
+    token: str,
+    concurrency: int,
+    calls: int,
+    model: str = "stub-model",
+    *,
+    api: str = "chat",
 ) -> tuple[list[float], list[float]]:
-    """Streamed calls (usage asked for): seconds to the first event and to the end of each."""
+    """Streamed calls (usage asked for): seconds to the first event and to the end of each.
+    `api` "messages" asks the same through Anthropic's Messages endpoint."""
     semaphore = asyncio.Semaphore(concurrency)
     first: list[float] = []
     total: list[float] = []
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=120)
     headers = {"Authorization": f"Bearer {token}"}
+    path = "/v1/messages" if api == "messages" else "/v1/chat/completions"
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
 
         async def one(index: int) -> None:
-            body = {
+            body: dict[str, Any] = {
                 "model": model,
                 "messages": [{"role": "user", "content": f"benchmark stream {index}"}],
                 "max_tokens": 32,
                 "stream": True,
-                "stream_options": {"include_usage": True},
             }
+            if api == "chat":
+                body["stream_options"] = {"include_usage": True}
             async with semaphore:
                 started = time.perf_counter()
-                async with client.post(
-                    f"{url}/v1/chat/completions", json=body, headers=headers
-                ) as response:
+                async with client.post(f"{url}{path}", json=body, headers=headers) as response:
                     response.raise_for_status()
                     ttfb = None
                     async for line in response.content:
-                        if ttfb is None and line.startswith(b"data:"):
+                        if ttfb is None and line.startswith((b"data:", b"event:")):
                             ttfb = time.perf_counter() - started
                 total.append(time.perf_counter() - started)
                 first.append(ttfb if ttfb is not None else total[-1])
@@ -538,7 +545,8 @@ def run_stream_benchmarks(stack: LocalStack, bench: Bench, calls: int, chunk_del
     print(
         f"streams: {calls} per point; the stub waits {chunk_delay_ms} ms before each of its "
         "chunks (some 15 for this answer); TTFB = time to the first event; gw = litellm's OpenAI "
-        "provider, direct = transport openai-compatible; overhead against the stub alone"
+        "provider, direct = transport openai-compatible; msg-gw and msg-dir: the same routes "
+        "through Anthropic's Messages endpoint; overhead against the stub alone"
     )
     print(
         f"{'conc':>4} {'path':>6} {'ttfb p50':>9} {'ttfb p99':>9} {'total p50':>10} "
@@ -547,15 +555,17 @@ def run_stream_benchmarks(stack: LocalStack, bench: Bench, calls: int, chunk_del
     )
     for concurrency in (1, 16):
         paths = {
-            "stub": (stub_url, "stub-model"),
-            "gw": (gateway.url, "stub-model"),
-            "direct": (gateway.url, "stub-direct"),
+            "stub": (stub_url, "stub-model", "chat"),
+            "direct": (gateway.url, "stub-direct", "chat"),
+            "msg-dir": (gateway.url, "stub-direct", "messages"),
+            "gw": (gateway.url, "stub-model", "chat"),
+            "msg-gw": (gateway.url, "stub-model", "messages"),
         }
-        for url, model in paths.values():
-            asyncio.run(measure_streams(url, token, concurrency, 20, model))  # warm-up
+        for url, model, api in paths.values():
+            asyncio.run(measure_streams(url, token, concurrency, 20, model, api=api))  # warm-up
         results = {
-            name: asyncio.run(measure_streams(url, token, concurrency, calls, model))
-            for name, (url, model) in paths.items()
+            name: asyncio.run(measure_streams(url, token, concurrency, calls, model, api=api))
+            for name, (url, model, api) in paths.items()
         }
         base_first, base_total = results["stub"]
         for name, (first, total) in results.items():
