@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from smartspec.logic.canonical import canonical_json, content_hash, hex_digest
+from smartspec.logic.object_keys import transcripts_prefix
 from smartspec.storage import ObjectStore, StorageError
 
 # Fields of a chat completion request that can change the answer.
@@ -82,7 +83,7 @@ def request_hash(normalised: Mapping[str, Any]) -> str:
 
 def transcript_key(namespace: str, digest: str) -> str:
     """<namespace>/transcripts/sha256/<hex>.json: per tenant, content-addressed."""
-    return f"{namespace}/transcripts/sha256/{hex_digest(digest)}.json"
+    return f"{transcripts_prefix(namespace)}sha256/{hex_digest(digest)}.json"
 
 
 def _exact(value: object) -> object:

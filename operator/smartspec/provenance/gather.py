@@ -23,6 +23,7 @@ from smartspec.api.v1alpha1.generationrun import Backend, GenerationRun, Usage
 from smartspec.kube.client import KubeClient, NotFoundError
 from smartspec.logic import provenance as p
 from smartspec.logic.ledger import Segment
+from smartspec.logic.object_keys import transcripts_prefix
 from smartspec.logic.provenance_ledger import summarise, walk
 from smartspec.storage import ObjectMissingError, S3ObjectStore
 
@@ -301,7 +302,7 @@ async def _transcripts(
         return [], []
     namespace, uid = run.metadata.namespace or "", run.metadata.uid or ""
     cutoff = since - settings.ledger_lookback
-    listed = await asyncio.to_thread(store.list_keys, f"{namespace}/transcripts/sha256/")
+    listed = await asyncio.to_thread(store.list_keys, f"{transcripts_prefix(namespace)}sha256/")
     found: list[tuple[int, str, p.Descriptor]] = []
     for key, modified in sorted(listed):
         if modified < cutoff:
