@@ -129,6 +129,10 @@ def write_gateway_config(
     return path
 
 
+PORT_RETRIES = 2
+"""Fresh-port restarts of an operator that lost a port race (EADDRINUSE)."""
+
+
 class SmartspecProcess:
     """A `smartspec <command>` child process with its log kept, ready when `probe_path` (on
     `probe_port`) answers 200, and its Prometheus metrics readable."""
@@ -249,6 +253,22 @@ class OperatorProcess(SmartspecProcess):
             **(extra_env or {}),
         }
         super().__init__(log_path, env, probe_port=liveness_port, metrics_port=metrics_port)
+
+    def start(self) -> None:
+        """Start; when another process took a port between its choice and the bind, start
+        again on fresh ports (nothing outside the operator knows them)."""
+        for _ in range(PORT_RETRIES):
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                super().start()
+                return
+            except pytest.fail.Exception:
+                if "address already in use" not in self.log()[logged:]:
+                    raise
+            self.probe_port, self.metrics_port = free_port(), free_port()
+            self.env["SMARTSPEC_LIVENESS_PORT"] = str(self.probe_port)
+            self.env["SMARTSPEC_METRICS_PORT"] = str(self.metrics_port)
+        super().start()
 
 
 class GatewayProcess(SmartspecProcess):
