@@ -25,7 +25,7 @@ import pytest
 from testcluster.controlplane import free_port
 from testcluster.harness import OperatorProcess
 from testcluster.plugin import Cluster
-from testcluster.s3 import S3Credentials, S3Endpoint
+from testcluster.s3 import IDENTITIES, S3Credentials, S3Endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -56,9 +56,7 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"moto's server did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.1)
-        endpoint = S3Endpoint(
-            url, f"moto-{secrets.token_hex(4)}", dict.fromkeys(("admin", "operator"), DUMMY)
-        )
+        endpoint = S3Endpoint(url, f"moto-{secrets.token_hex(4)}", dict.fromkeys(IDENTITIES, DUMMY))
         endpoint.client("admin").create_bucket(Bucket=endpoint.bucket)
         yield endpoint
     finally:
