@@ -23,7 +23,6 @@ from anthropic.types import Message, MessageParam, ToolParam
 
 from smartspec.gateway.anthropic_translation import chat_body
 from smartspec.gateway.chat_request import prompt_token_bound
-from smartspec.logic.ledger import LedgerEntry
 from smartspec.logic.pricing import cost_credits
 from smartspec.logic.spending import SettledBy
 from stubs.anthropic_format import text_of
@@ -32,12 +31,13 @@ from testcluster.gateway_calls import (
     STUB_PRICE,
     create_budget,
     create_run,
-    ledger_entries,
+    gateway_on,
+    settle_entries,
     settled,
     token_for,
     verify_ledger,
 )
-from testcluster.harness import GatewayProcess, wait_for, write_gateway_config
+from testcluster.harness import GatewayProcess, wait_for
 from testcluster.plugin import Cluster
 from testcluster.s3 import S3Endpoint
 
@@ -53,13 +53,6 @@ TOOL: ToolParam = {
     "description": "Run the project's tests",
     "input_schema": {"type": "object", "properties": {"reason": {"type": "string"}}},
 }
-
-
-def gateway_on(
-    transport: str, start_gateway: StartGateway, stub: StubServer, tmp_path: Path
-) -> GatewayProcess:
-    config = write_gateway_config(tmp_path / f"{transport}.yaml", stub.url, transport=transport)
-    return start_gateway(SMARTSPEC_GATEWAY_CONFIG=str(config))
 
 
 def client(gateway: GatewayProcess, token: str, *, bearer: bool = False) -> anthropic.Anthropic:
@@ -109,11 +102,6 @@ def dumped(message: Message) -> dict[str, Any]:
     return message.model_dump(exclude_none=True)
 
 
-def settle_entries(s3: S3Endpoint, cluster: Cluster, tenant: str) -> list[LedgerEntry]:
-    entries = ledger_entries(s3, cluster.rest("admin"), tenant)
-    return [entry for entry in entries if entry.kind == "settle"]
-
-
 def estimate(generated_bytes: int, chunks: int) -> int:
     """The conservative charge of CORE-003 for a stream that delivered this much."""
     bound = prompt_token_bound(
@@ -135,7 +123,7 @@ def test_a_message_is_charged_exactly_what_the_upstream_reports(
 ) -> None:
     create_budget(cluster, tenant, 1_000_000)
     run = create_run(cluster, tenant)
-    gateway = gateway_on(transport, start_gateway, stub, tmp_path)
+    gateway = gateway_on(transport, start_gateway, stub.url, tmp_path)
     token = token_for(run)
 
     message = create(gateway, token, system="Be terse.", temperature=0.5, top_k=5)
@@ -201,7 +189,7 @@ def test_a_tool_call_round_trips_through_the_translation(
 ) -> None:
     create_budget(cluster, tenant, 1_000_000)
     run = create_run(cluster, tenant)
-    gateway = gateway_on(transport, start_gateway, stub, tmp_path)
+    gateway = gateway_on(transport, start_gateway, stub.url, tmp_path)
     token = token_for(run)
 
     called = create(gateway, token, tools=[TOOL], tool_choice={"type": "auto"})
@@ -262,7 +250,7 @@ def test_stop_sequences_and_max_tokens_end_a_message_as_anthropic_says(
 ) -> None:
     create_budget(cluster, tenant, 1_000_000)
     run = create_run(cluster, tenant)
-    gateway = gateway_on(transport, start_gateway, stub, tmp_path)
+    gateway = gateway_on(transport, start_gateway, stub.url, tmp_path)
     token = token_for(run)
     stub.reply_fn = lambda body: "first part. STOP second part"
 
@@ -390,7 +378,7 @@ def test_a_stream_cut_upstream_raises_in_the_sdk_and_is_charged_what_arrived(
 ) -> None:
     create_budget(cluster, tenant, 1_000_000)
     run = create_run(cluster, tenant)
-    gateway = gateway_on(transport, start_gateway, stub, tmp_path)
+    gateway = gateway_on(transport, start_gateway, stub.url, tmp_path)
     stub.script.append("stream-cut")
     stub.cut_after_chunks = 3  # the role, then two chunks of four characters
 

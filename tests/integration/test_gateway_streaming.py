@@ -19,7 +19,6 @@ import pytest
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from smartspec.gateway.chat_request import prompt_token_bound
-from smartspec.logic.ledger import LedgerEntry
 from smartspec.logic.pricing import cost_credits
 from smartspec.logic.spending import SettledBy
 from stubs.openai_stub import StubServer, default_reply
@@ -28,7 +27,8 @@ from testcluster.gateway_calls import (
     chat,
     create_budget,
     create_run,
-    ledger_entries,
+    gateway_on,
+    settle_entries,
     settled,
     token_for,
     verify_ledger,
@@ -44,14 +44,6 @@ PROMPT = "Write a to-do API."
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
 MAX_TOKENS = 64
 TRANSPORTS = ["litellm", "openai-compatible"]
-
-
-def gateway_on(
-    transport: str, start_gateway: StartGateway, stub: StubServer, tmp_path: Path
-) -> GatewayProcess:
-    """A gateway whose stub routes use `transport`."""
-    config = write_gateway_config(tmp_path / f"{transport}.yaml", stub.url, transport=transport)
-    return start_gateway(SMARTSPEC_GATEWAY_CONFIG=str(config))
 
 
 def client(gateway: GatewayProcess, token: str) -> openai.OpenAI:
@@ -76,11 +68,6 @@ def reserved_prompt_bound() -> int:
     return prompt_token_bound({"messages": MESSAGES})
 
 
-def settle_entries(s3: S3Endpoint, cluster: Cluster, tenant: str) -> list[LedgerEntry]:
-    entries = ledger_entries(s3, cluster.rest("admin"), tenant)
-    return [entry for entry in entries if entry.kind == "settle"]
-
-
 def estimate(generated_bytes: int, chunks: int) -> int:
     """The conservative charge of CORE-003 for a stream that delivered this much."""
     completion = min(MAX_TOKENS, max(generated_bytes, chunks))
@@ -100,7 +87,7 @@ def test_a_stream_is_charged_exactly_what_its_usage_prices_to(
 ) -> None:
     create_budget(cluster, tenant, 1_000_000)
     run = create_run(cluster, tenant)
-    gateway = gateway_on(transport, start_gateway, stub, tmp_path)
+    gateway = gateway_on(transport, start_gateway, stub.url, tmp_path)
     token = token_for(run)
     reply = default_reply({"messages": MESSAGES})
 
@@ -176,7 +163,7 @@ def test_a_stream_without_usage_is_charged_a_conservative_count(
 ) -> None:
     create_budget(cluster, tenant, 1_000_000)
     run = create_run(cluster, tenant)
-    gateway = gateway_on(transport, start_gateway, stub, tmp_path)
+    gateway = gateway_on(transport, start_gateway, stub.url, tmp_path)
     reply = default_reply({"messages": MESSAGES})
 
     stub.script.append("no-usage")
@@ -210,7 +197,7 @@ def test_a_stream_cut_upstream_breaks_the_client_and_is_charged_what_arrived(
 ) -> None:
     create_budget(cluster, tenant, 1_000_000)
     run = create_run(cluster, tenant)
-    gateway = gateway_on(transport, start_gateway, stub, tmp_path)
+    gateway = gateway_on(transport, start_gateway, stub.url, tmp_path)
     stub.script.append("stream-cut")
     stub.cut_after_chunks = 3  # the role, then two chunks of four characters
 
@@ -247,7 +234,7 @@ def test_a_client_that_leaves_mid_stream_cancels_the_upstream_call(
 ) -> None:
     create_budget(cluster, tenant, 1_000_000)
     run = create_run(cluster, tenant)
-    gateway = gateway_on(transport, start_gateway, stub, tmp_path)
+    gateway = gateway_on(transport, start_gateway, stub.url, tmp_path)
     stub.reply_fn = lambda body: "abcd" * 60  # 60 chunks
     stub.chunk_delay_seconds = 0.2  # 12 s for the whole answer
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +22,7 @@ from smartspec.logic.pricing import ModelPrice, cost_credits
 from smartspec.logic.run_tokens import RunTokenClaims, mint_run_token
 from smartspec.storage import S3ObjectStore
 
-from .harness import TEST_TOKEN_KEY, GatewayProcess, wait_for
+from .harness import TEST_TOKEN_KEY, GatewayProcess, wait_for, write_gateway_config
 from .plugin import Cluster
 from .rest import Rest
 from .s3 import S3Endpoint
@@ -140,3 +142,17 @@ def ledger_entries(s3: S3Endpoint, rest: Rest, namespace: str) -> list[LedgerEnt
         return []
     store = S3ObjectStore(s3.bucket, endpoint_url=s3.endpoint_url, client=s3.client("admin"))
     return [entry for segment in read_segments(store, head) for entry in segment.entries]
+
+
+def gateway_on(
+    transport: str, start_gateway: Callable[..., GatewayProcess], stub_url: str, config_dir: Path
+) -> GatewayProcess:
+    """A gateway whose stub routes use `transport`."""
+    config = write_gateway_config(config_dir / f"{transport}.yaml", stub_url, transport=transport)
+    return start_gateway(SMARTSPEC_GATEWAY_CONFIG=str(config))
+
+
+def settle_entries(s3: S3Endpoint, cluster: Cluster, namespace: str) -> list[LedgerEntry]:
+    """The namespace's default budget's settle entries, newest first."""
+    entries = ledger_entries(s3, cluster.rest("admin"), namespace)
+    return [entry for entry in entries if entry.kind == "settle"]
