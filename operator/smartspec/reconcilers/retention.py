@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +43,7 @@ from smartspec.logic.retention import (
     Action,
     FinishedRun,
     Lifetimes,
+    StoredObject,
     exemption,
     lifetimes,
     namespace_transcript_lifetime,
@@ -300,25 +301,11 @@ class RetentionSweeper:
             return
         store = self.context.store
 
-        def delete() -> tuple[int, int]:
-            due = [
-                o
-                for o in store.list_objects(transcripts_prefix(namespace))
-                if transcript_due(o, lifetime, now)
-            ]
-            store.delete_objects([o.key for o in due])
-            return len(due), sum(o.size for o in due)
+        def due() -> Iterator[list[StoredObject]]:
+            listed = store.list_objects(transcripts_prefix(namespace))
+            yield [o for o in listed if transcript_due(o, lifetime, now)]
 
-        try:
-            count, size = await asyncio.to_thread(delete)
-        except StorageError as error:
-            report.failures += 1
-            metrics.RETENTION_FAILURES.labels(stage="transcripts").inc()
-            log.warning("Transcripts not deleted", namespace=namespace, error=str(error))
-            return
-        report.transcripts_deleted += count
-        metrics.RETENTION_OBJECTS_DELETED.labels(kind="transcripts").inc(count)
-        metrics.RETENTION_BYTES_DELETED.labels(kind="transcripts").inc(size)
+        report.transcripts_deleted += await self._delete(namespace, "transcripts", due, report)
 
     async def _orphans(
         self, namespace: str, live: frozenset[str], cutoff: datetime, report: SweepReport
@@ -326,26 +313,42 @@ class RetentionSweeper:
         store = self.context.store
         prefix = runs_prefix(namespace)
 
+        def groups() -> Iterator[list[StoredObject]]:
+            return orphans(store.list_objects(prefix), prefix, live, cutoff)
+
+        report.orphans_deleted += await self._delete(namespace, "orphans", groups, report)
+
+    async def _delete(
+        self,
+        namespace: str,
+        kind: str,
+        batches: Callable[[], Iterator[list[StoredObject]]],
+        report: SweepReport,
+    ) -> int:
+        """Delete each batch as it is listed, off the event loop; objects deleted (counted
+        and measured as `kind`), or 0 when the store failed (a failure of stage `kind`)."""
+        store = self.context.store
+
         def delete() -> tuple[int, int]:
             count = size = 0
-            for group in orphans(store.list_objects(prefix), prefix, live, cutoff):
-                store.delete_objects([o.key for o in group])
-                count += len(group)
-                size += sum(o.size for o in group)
+            for batch in batches():
+                store.delete_objects([o.key for o in batch])
+                count += len(batch)
+                size += sum(o.size for o in batch)
             return count, size
 
         try:
             count, size = await asyncio.to_thread(delete)
         except StorageError as error:
             report.failures += 1
-            metrics.RETENTION_FAILURES.labels(stage="orphans").inc()
-            log.warning("Orphaned files not deleted", namespace=namespace, error=str(error))
-            return
+            metrics.RETENTION_FAILURES.labels(stage=kind).inc()
+            log.warning("Objects not deleted", kind=kind, namespace=namespace, error=str(error))
+            return 0
         if count:
-            log.info("Orphaned run files deleted", namespace=namespace, objects=count, bytes=size)
-        report.orphans_deleted += count
-        metrics.RETENTION_OBJECTS_DELETED.labels(kind="orphans").inc(count)
-        metrics.RETENTION_BYTES_DELETED.labels(kind="orphans").inc(size)
+            log.info("Objects deleted", kind=kind, namespace=namespace, objects=count, bytes=size)
+        metrics.RETENTION_OBJECTS_DELETED.labels(kind=kind).inc(count)
+        metrics.RETENTION_BYTES_DELETED.labels(kind=kind).inc(size)
+        return count
 
 
 def register_retention(registry: kopf.OperatorRegistry, context: RetentionContext) -> None:
