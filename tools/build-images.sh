@@ -4,6 +4,8 @@
 #   ghcr.io/smartspec/smartspec:V           operator/Dockerfile (operator and gateway)
 #   ghcr.io/smartspec/sandbox-generator:V   sandbox-images/generator/Dockerfile
 #   ghcr.io/smartspec/sandbox-tester:V      sandbox-images/tester/Dockerfile
+# and, only when named, the example agent images (a third party's agent CLI, pinned):
+#   ghcr.io/smartspec/example-agent-aider:V examples/agents/aider/Dockerfile
 # See specs/TEST-001-control-plane.md, "Images", and sandbox-images/README.md.
 #
 # Engine: docker where `docker info` works, else podman, else buildah (no daemon needed).
@@ -23,7 +25,8 @@
 # An image is rebuilt only when its inputs (Dockerfile, base, pyproject.toml,
 # constraints.txt, README.md, operator/) changed.
 #
-# Usage: tools/build-images.sh [--force] [-q] [NAME...]     (NAME: operator generator tester)
+# Usage: tools/build-images.sh [--force] [-q] [NAME...]
+#   NAME: operator generator tester (the default set), agent-aider
 #   --force  rebuild even when the inputs are unchanged (and remake the Debian base)
 #   -q       print nothing on stderr unless something has to be built
 # The last stdout line is `export SMARTSPEC_IMAGES_LIST=.../images.txt` (buildah), or the
@@ -38,7 +41,7 @@ for arg in "$@"; do
 	--force) FORCE=1 ;;
 	-q | --quiet) QUIET=1 ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-	operator | generator | tester) NAMES="$NAMES $arg" ;;
+	operator | generator | tester | agent-aider) NAMES="$NAMES $arg" ;;
 	*) echo "build-images: unknown argument: $arg (see --help)" >&2; exit 2 ;;
 	esac
 done
@@ -49,8 +52,20 @@ die() { QUIET=0; log "ERROR: $*"; exit 1; }
 
 VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$REPO/charts/smartspec/Chart.yaml")
 [ -n "$VERSION" ] || die "no appVersion in charts/smartspec/Chart.yaml"
-dockerfile() { case "$1" in operator) echo operator/Dockerfile ;; *) echo "sandbox-images/$1/Dockerfile" ;; esac; }
-reference() { case "$1" in operator) echo "ghcr.io/smartspec/smartspec:$VERSION" ;; *) echo "ghcr.io/smartspec/sandbox-$1:$VERSION" ;; esac; }
+dockerfile() {
+	case "$1" in
+	operator) echo operator/Dockerfile ;;
+	agent-*) echo "examples/agents/${1#agent-}/Dockerfile" ;;
+	*) echo "sandbox-images/$1/Dockerfile" ;;
+	esac
+}
+reference() {
+	case "$1" in
+	operator) echo "ghcr.io/smartspec/smartspec:$VERSION" ;;
+	agent-*) echo "ghcr.io/smartspec/example-$1:$VERSION" ;;
+	*) echo "ghcr.io/smartspec/sandbox-$1:$VERSION" ;;
+	esac
+}
 
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
 	ENGINE=docker
@@ -132,8 +147,12 @@ inputs_hash() { # $1 = image name: everything its build reads, and the base
 		cd "$REPO"
 		printf '%s\n' "${BASE_REF:-upstream}"
 		[ -z "$BASE_REF" ] || [ "$ENGINE" != buildah ] || buildah inspect --type image -f '{{.FromImageID}}' "$BASE_REF"
-		git ls-files -co --exclude-standard -- "$(dockerfile "$1")" pyproject.toml constraints.txt \
-			README.md operator | sort | xargs -d '\n' sha256sum
+		case "$1" in
+		# An example agent's image holds none of our code: only its own folder counts.
+		agent-*) git ls-files -co --exclude-standard -- "$(dirname "$(dockerfile "$1")")" ;;
+		*) git ls-files -co --exclude-standard -- "$(dockerfile "$1")" pyproject.toml \
+			constraints.txt README.md operator ;;
+		esac | sort | xargs -d '\n' sha256sum
 	) | sha256sum | cut -c1-16
 }
 
@@ -176,7 +195,7 @@ if [ "$ENGINE" = buildah ]; then
 	# Dangling layers of earlier builds: keep the store from growing without bound.
 	buildah rmi --prune >/dev/null 2>&1 || true
 	: >"$LIST.tmp"
-	for name in operator generator tester; do
+	for name in operator generator tester agent-aider; do
 		[ -s "$CACHE/$name.oci.tar" ] && echo "$(reference "$name") $CACHE/$name.oci.tar" >>"$LIST.tmp"
 	done
 	mv "$LIST.tmp" "$LIST"

@@ -192,6 +192,7 @@ def build_run_context(
             s3_egress=settings.s3_egress,
             runtime_class_name=settings.runtime_class_name,
             gateway_namespace=settings.gateway_namespace,
+            agent_images=tuple(settings.agent_images),
             local_models={
                 name: LocalModelSettings(model=name, **config)
                 for name, config in settings.local_models.items()

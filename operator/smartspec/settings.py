@@ -68,6 +68,9 @@ class OperatorSettings(BaseSettings):
     """Image of the tester sandbox."""
     runtime_class_name: str | None = None
     """Default RuntimeClass of sandbox pods (gvisor, kata); a run may override it."""
+    agent_images: list[str] = Field(default_factory=list)
+    """Image references (shell patterns, JSON list) that agent-backend runs may name;
+    empty: the agent backend is refused (CORE-004, "Agent backend")."""
     gateway_namespace: str = "smartspec"
     """Namespace of the gateway pods (for the sandbox NetworkPolicy)."""
     s3_egress: list[dict[str, Any]] = Field(

@@ -231,7 +231,7 @@ def test_rule_llm_backend_needs_model() -> None:
     run = example("generationrun-llm.yaml")
     del run["spec"]["generator"]["model"]
     assert cel_violations(CRDS["GenerationRun"], run) == [
-        "generator.model is required when generator.backend is llm"
+        "generator.model is required when generator.backend is llm or agent"
     ]
 
 

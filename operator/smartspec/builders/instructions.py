@@ -26,7 +26,7 @@ from smartspec.api.sandbox import (
     UploadPolicy,
 )
 from smartspec.api.v1alpha1 import GenerationRun
-from smartspec.api.v1alpha1.generationrun import Backend, PinnedSpec
+from smartspec.api.v1alpha1.generationrun import PinnedSpec
 from smartspec.logic.canonical import canonical_json
 
 
@@ -59,11 +59,11 @@ def build_generator_instructions(
     gateway_base_url: str | None,
     token: str | None,
 ) -> bytes:
-    """The generator's instructions; the gateway block only for the llm backend."""
+    """The generator's instructions; the gateway block only for backends that call models."""
     generator = run.spec.generator
-    llm = generator.backend is Backend.LLM
+    llm = generator.backend.calls_models
     if llm and (gateway_base_url is None or token is None):
-        raise ValueError("an llm run needs the gateway URL and a run token")
+        raise ValueError(f"an {generator.backend.value} run needs the gateway URL and a run token")
     document = GeneratorInstructions(
         role="generator",
         run=_run_ref(run, attempt),
@@ -77,6 +77,7 @@ def build_generator_instructions(
             output_format=generator.output_format,
             repair_turns=generator.repair_turns,
             feedback_max_bytes=generator.feedback_max_bytes,
+            agent_image=generator.agent.image if generator.agent is not None else None,
         ),
         gateway=GatewayAccess(base_url=gateway_base_url or "", token=token or "") if llm else None,
         feedback=feedback,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import fnmatch
 import json
 import math
 import re
@@ -30,6 +31,7 @@ from typing import Any, TypeGuard
 from smartspec.api.v1alpha1 import API_VERSION, GenerationRun
 from smartspec.api.v1alpha1.common import DNS_LABEL_PATTERN, QUANTITY_PATTERN
 from smartspec.api.v1alpha1.generationrun import Backend, ResourceRequirements
+from smartspec.builders.agent_job import RUN_TOKEN_KEY, add_agent
 from smartspec.logic.naming import (
     DNS_LABEL_MAX_LENGTH,
     RoleLike,
@@ -232,6 +234,8 @@ class SandboxSettings:
     )
     local_models: dict[str, LocalModelSettings] = field(default_factory=dict)
     """Models served by a GPU sidecar in the generator pod, by model name."""
+    agent_images: tuple[str, ...] = ()
+    """Shell patterns of the agent images runs may name; empty: no agent runs at all."""
 
     def __post_init__(self) -> None:
         _require(bool(self.generator_image), "sandbox: generator_image must not be empty")
@@ -264,6 +268,10 @@ class SandboxSettings:
         )
         _check_egress_rules("sandbox: s3_egress", self.s3_egress)
         _check_egress_rules("sandbox: dns_egress", self.dns_egress)
+        _require(
+            all(isinstance(image, str) and image for image in self.agent_images),
+            "sandbox: agent_images must be non-empty strings",
+        )
         for name, model in self.local_models.items():
             _require(
                 isinstance(model, LocalModelSettings),
@@ -331,6 +339,11 @@ def _identity(run: GenerationRun) -> tuple[str, str, str]:
 # ---------------------------------------------------------------- Jobs
 
 
+def agent_image_allowed(image: str, settings: SandboxSettings) -> bool:
+    """Whether a platform admin allowed this agent image (SMARTSPEC_AGENT_IMAGES)."""
+    return any(fnmatch.fnmatchcase(image, pattern) for pattern in settings.agent_images)
+
+
 def local_model_for(run: GenerationRun, settings: SandboxSettings) -> LocalModelSettings | None:
     """The sidecar-served model the run's generator needs, if its model is a local one."""
     generator = run.spec.generator
@@ -346,9 +359,11 @@ def build_generator_job(
     *,
     instructions_secret: str,
     deadline_seconds: int,
+    gateway_base_url: str | None = None,
 ) -> Manifest:
-    """The generator Job of one attempt (with a GPU model-server sidecar for local models)."""
-    return _build_job(
+    """The generator Job of one attempt (with a GPU model-server sidecar for local models,
+    or the run's coding agent between prepare and finish: `gateway_base_url` required)."""
+    job = _build_job(
         run,
         attempt,
         settings,
@@ -356,6 +371,19 @@ def build_generator_job(
         instructions_secret=instructions_secret,
         deadline_seconds=deadline_seconds,
     )
+    if run.spec.generator.backend is Backend.AGENT:
+        if not gateway_base_url:
+            raise SandboxBuildError("an agent run's generator Job needs the gateway's base URL")
+        pod = job["spec"]["template"]["spec"]
+        add_agent(
+            run,
+            pod,
+            pod["containers"][0],
+            instructions_secret=instructions_secret,
+            gateway_base_url=gateway_base_url,
+            deadline_seconds=deadline_seconds,
+        )
+    return job
 
 
 def build_test_job(
@@ -579,7 +607,7 @@ def build_network_policies(run: GenerationRun, settings: SandboxSettings) -> lis
 
 
 def build_network_policy(run: GenerationRun, settings: SandboxSettings, role: RoleLike) -> Manifest:
-    """Deny all ingress; allow egress to DNS, storage and (llm generator only) the gateway.
+    """Deny all ingress; allow egress to DNS, storage and (llm or agent generator only) the gateway.
 
     One policy per role and run, covering every attempt. The tester runs untrusted generated
     code, so it never reaches the gateway; neither does a builtin generator, which calls no
@@ -588,7 +616,7 @@ def build_network_policy(run: GenerationRun, settings: SandboxSettings, role: Ro
     the_role = sandbox_role(role)
     labels = run_labels(run, the_role)
     egress = copy.deepcopy(settings.dns_egress)
-    if the_role is SandboxRole.GENERATOR and run.spec.generator.backend is Backend.LLM:
+    if the_role is SandboxRole.GENERATOR and run.spec.generator.backend.calls_models:
         egress.append(
             {
                 "to": [_gateway_peer(settings)],
@@ -653,6 +681,13 @@ def build_instructions_secret(
     if not isinstance(document, dict) or document.get("role") != the_role.value:
         raise SandboxBuildError(f"instructions must be a JSON object with role {the_role}")
     name = instructions_secret_name(run.metadata.name, attempt, the_role)
+    data = {INSTRUCTIONS_KEY: base64.b64encode(instructions).decode("ascii")}
+    if the_role is SandboxRole.GENERATOR and run.spec.generator.backend is Backend.AGENT:
+        # The agent's env reads the token alone; it never mounts the document (upload URLs).
+        token = (document.get("gateway") or {}).get("token")
+        if not isinstance(token, str) or not token:
+            raise SandboxBuildError("an agent run's generator instructions carry no run token")
+        data[RUN_TOKEN_KEY] = base64.b64encode(token.encode("ascii")).decode("ascii")
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -660,7 +695,7 @@ def build_instructions_secret(
         "type": "Opaque",
         # An attempt's instructions never change; immutability also spares kubelet watches.
         "immutable": True,
-        "data": {INSTRUCTIONS_KEY: base64.b64encode(instructions).decode("ascii")},
+        "data": data,
     }
 
 

@@ -221,7 +221,7 @@ class Gateway:
     async def models(self, request: web.Request) -> web.Response:
         claims = self.authenticate(request)
         account = self.account(claims.namespace, claims.budget)
-        await self._refresh_budget(account)
+        await self._refresh_budget(account, claims)
         allowed = [name for name in sorted(self.served) if _model_allowed(account, name)]
         data = [
             {
@@ -236,13 +236,19 @@ class Gateway:
 
     # ------------------------------------------------------------------ steps
 
-    async def _refresh_budget(self, account: LeaseAccount) -> None:
+    async def _refresh_budget(self, account: LeaseAccount, claims: RunTokenClaims) -> None:
         try:
             outcome = await self.spending.open_budget(account)
         except BudgetUnavailableError as error:
             raise fail_closed(error) from None
         if isinstance(outcome, Refused):
-            raise refused(outcome.refusal)
+            raise await self._refused(claims, outcome)
+
+    async def _refused(self, claims: RunTokenClaims, outcome: Refused) -> GatewayError:
+        """The refusal's answer, once it is on the run (an agent's own handling of the
+        error is not trusted to report it; CORE-004 "Agent backend")."""
+        await self.runs.record_refusal(claims, outcome.refusal)
+        return refused(outcome.refusal)
 
     async def open_call(self, claims: RunTokenClaims, model: str) -> OpenedCall:
         """The run is active, the budget readable and its model policy allows `model`
@@ -250,10 +256,10 @@ class Gateway:
         run = await self.runs.active_run(claims)
         account = self.account(claims.namespace, claims.budget)
         call = _attribution(claims)
-        await self._refresh_budget(account)
+        await self._refresh_budget(account, claims)
         outcome = self.spending.check_model(account, call, model)
         if outcome is not None:
-            raise refused(outcome.refusal)
+            raise await self._refused(claims, outcome)
         return OpenedCall(claims, run, account, call)
 
     def _price(self, model: str) -> ModelPrice:
@@ -281,7 +287,7 @@ class Gateway:
         except BudgetUnavailableError as error:
             raise fail_closed(error) from None
         if isinstance(outcome, Refused):
-            raise refused(outcome.refusal)
+            raise await self._refused(opened.claims, outcome)
         return Reservation(opened, price, outcome)
 
     async def complete(self, reservation: Reservation, chat: ChatRequest) -> Answered:

@@ -8,16 +8,22 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from smartspec.api.gateway import RefusalCode
 from smartspec.gateway.errors import GatewayError
 from smartspec.gateway.router import UpstreamError
 from smartspec.gateway.single_flight import SingleFlight
 from smartspec.kube.client import KubeClient, KubeError, custom_object_path
+from smartspec.logic.refusals import Refusal
 from smartspec.logic.run_tokens import RunTokenClaims
 from smartspec.observability import metrics
+from smartspec.observability.logs import get_logger
 
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+MAX_RECORDED_REFUSALS = 10_000
+log = get_logger(__name__)
 Cached = tuple[float, dict[str, Any]]
 
 
@@ -29,6 +35,8 @@ class RunCache:
     ttl_seconds: float
     runs: dict[tuple[str, str], Cached] = field(default_factory=dict)
     reads: SingleFlight[tuple[str, str], Cached] = field(default_factory=SingleFlight)
+    recorded_refusals: dict[tuple[str, int], RefusalCode] = field(default_factory=dict)
+    """(run uid, attempt) -> the code last written to that run's status.refusal."""
 
     async def active_run(self, claims: RunTokenClaims) -> dict[str, Any]:
         """The token's GenerationRun, if it may still call models (else 403)."""
@@ -48,6 +56,36 @@ class RunCache:
             metrics.REFUSALS.labels(reason=problem[0]).inc()
             raise GatewayError(403, "permission_error", problem[1], problem[0])
         return run
+
+    async def record_refusal(self, claims: RunTokenClaims, refusal: Refusal) -> None:
+        """Write the refusal to the run's status.refusal before the caller is answered, once
+        per attempt and code (an agent that retries a refused call costs no more writes).
+        A failed write is logged: the refusal itself stands either way."""
+        key = (claims.run_uid, claims.attempt)
+        if self.recorded_refusals.get(key) is refusal.code:
+            return
+        path = custom_object_path("generationruns", claims.namespace, claims.run, "status")
+        patch = {
+            # A uid in a patch is a precondition: a run re-created under the name is not
+            # written.
+            "metadata": {"uid": claims.run_uid},
+            "status": {
+                "refusal": {
+                    "attempt": claims.attempt,
+                    "code": refusal.code.value,
+                    "message": refusal.message[:1024],
+                    "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            },
+        }
+        try:
+            await self.kube.merge_patch(path, patch)
+        except KubeError as error:
+            log.warning("Could not record the refusal on the run", run=claims.run, error=str(error))
+            return
+        if len(self.recorded_refusals) > MAX_RECORDED_REFUSALS:
+            self.recorded_refusals.clear()
+        self.recorded_refusals[key] = refusal.code
 
     def forget_stale(self, seconds: float = 60) -> None:
         """Forget runs not asked about for a while (finished runs, mostly)."""

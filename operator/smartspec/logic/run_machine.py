@@ -21,7 +21,6 @@ from smartspec.api.v1alpha1.generationrun import (
     Artifacts,
     AttemptResult,
     AttemptStatus,
-    Backend,
     ConditionType,
     Evidence,
     FailureKind,
@@ -149,6 +148,8 @@ class Observations:
     """Port of the model-server sidecar when the run's model is a local one."""
     run_tokens_configured: bool = True
     """The operator has run-token keys, so it can give an llm run access to the gateway."""
+    agent_image_allowed: bool = True
+    """A platform admin allows the run's agent image (always True for other backends)."""
     test_results: dict[int, ReportObservation] = field(default_factory=dict)
 
 
@@ -250,17 +251,32 @@ def _admission_refusal(run: GenerationRun, seen: Observations) -> tuple[Reason, 
         name = run.spec.spec_ref.name
         return Reason.SPEC_NOT_FOUND, f"Spec {name} does not exist in this namespace", False
     return (
-        _spec_refusal(run, spec) or _gateway_refusal(run, seen) or _budget_refusal(run, seen.budget)
+        _agent_refusal(run, seen)
+        or _spec_refusal(run, spec)
+        or _gateway_refusal(run, seen)
+        or _budget_refusal(run, seen.budget)
+    )
+
+
+def _agent_refusal(run: GenerationRun, seen: Observations) -> tuple[Reason, str, bool] | None:
+    agent = run.spec.generator.agent
+    if agent is None or seen.agent_image_allowed:
+        return None
+    return (
+        Reason.AGENT_IMAGE_NOT_ALLOWED,
+        f"agent image {agent.image} is not one the platform allows (the operator's "
+        "SMARTSPEC_AGENT_IMAGES, chart value operator.sandbox.agentImages)",
+        True,
     )
 
 
 def _gateway_refusal(run: GenerationRun, seen: Observations) -> tuple[Reason, str, bool] | None:
-    if run.spec.generator.backend is Backend.LLM and not seen.run_tokens_configured:
+    if run.spec.generator.backend.calls_models and not seen.run_tokens_configured:
         # An operator setting, not the run's fault: wait for the operator to be fixed.
         return (
             Reason.GATEWAY_NOT_CONFIGURED,
             "the operator has no run-token keys (SMARTSPEC_TOKEN_KEYS_FILE), so it cannot "
-            "give an llm run access to the gateway; builtin runs are not affected",
+            "give an llm or agent run access to the gateway; builtin runs are not affected",
             False,
         )
     return None
@@ -308,7 +324,7 @@ def _spec_refusal(run: GenerationRun, spec: SpecObservation) -> tuple[Reason, st
 def _budget_refusal(
     run: GenerationRun, budget: BudgetObservation | None
 ) -> tuple[Reason, str, bool] | None:
-    if run.spec.generator.backend is not Backend.LLM:
+    if not run.spec.generator.backend.calls_models:
         return None  # the builtin generator calls no model and costs nothing
     if budget is None:
         name = run.spec.budget_ref.name
@@ -454,7 +470,30 @@ def _advance_testing(
         decision.events.append(EventRecord("Normal", Reason.TESTS_PASSED, message))
         return
     kind, message = _test_failure(job, report)
+    refusal = refusal_of_attempt(run, attempt.number)
+    if refusal is not None:
+        # The budget or its policy refused a call of this attempt (an agent may go on to
+        # its tests regardless): another attempt would be refused too.
+        message += f"; the gateway refused one of its calls ({refusal.value})"
+        reason = REFUSAL_REASONS[refusal]
+        _attempt_failed(
+            run,
+            now,
+            decision,
+            kind,
+            f"attempt {attempt.number}: {message}",
+            reason=reason,
+            retry=False,
+        )
+        return
     _attempt_failed(run, now, decision, kind, f"attempt {attempt.number}: {message}")
+
+
+def refusal_of_attempt(run: GenerationRun, number: int) -> RefusalCode | None:
+    """The gateway's budget or policy refusal of one of this attempt's calls, as it wrote it
+    on the run before answering (status.refusal), if any."""
+    refusal = run.status.refusal if run.status is not None else None
+    return refusal.code if refusal is not None and refusal.attempt == number else None
 
 
 def _test_failure(job: JobObservation, report: ReportObservation | None) -> tuple[FailureKind, str]:
@@ -486,9 +525,12 @@ def _attempt_failed_in_generation(
     elif job.reason == "DeadlineExceeded":
         message = "the attempt exceeded its deadline"
         _attempt_failed(run, now, decision, FailureKind.ATTEMPT_TIMEOUT, message)
-    elif job.refusal is not None:
-        # The budget or its policy refused: another attempt would be refused too.
-        kind, reason = FailureKind.GATEWAY_REFUSED, REFUSAL_REASONS[job.refusal]
+    elif (refusal := job.refusal or refusal_of_attempt(run, _current(decision).number)) is not None:
+        # The budget or its policy refused: another attempt would be refused too. An agent
+        # does not say so itself; the gateway wrote it on the run (status.refusal).
+        kind, reason = FailureKind.GATEWAY_REFUSED, REFUSAL_REASONS[refusal]
+        if job.refusal is None:
+            detail += f"; the gateway refused one of its calls ({refusal.value})"
         _attempt_failed(run, now, decision, kind, detail, reason=reason, retry=False)
     else:
         kind = job.failure_kind or FailureKind.SANDBOX_ERROR

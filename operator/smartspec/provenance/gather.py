@@ -19,7 +19,7 @@ from typing import Any
 
 from smartspec.api.sandbox import FILES_PREFIX, MANIFEST_KEY, REPORT_JUNIT_KEY, Manifest
 from smartspec.api.v1alpha1 import GROUP, VERSION
-from smartspec.api.v1alpha1.generationrun import Backend, GenerationRun, Usage
+from smartspec.api.v1alpha1.generationrun import GenerationRun, Usage
 from smartspec.kube.client import KubeClient, NotFoundError
 from smartspec.logic import provenance as p
 from smartspec.logic.ledger import Segment
@@ -253,7 +253,7 @@ async def _ledger(
     since: datetime,
 ) -> p.LedgerSummary | None:
     """The run's range on its budget's chain, walked back from the head to before the run."""
-    if run.spec.generator.backend is not Backend.LLM:
+    if not run.spec.generator.backend.calls_models:
         return None
     namespace, budget = run.metadata.namespace or "", run.spec.budget_ref.name
     try:

@@ -25,7 +25,7 @@ from smartspec.api.sandbox import (
     FileRef,
     Manifest,
 )
-from smartspec.api.v1alpha1.generationrun import Backend, GenerationRun
+from smartspec.api.v1alpha1.generationrun import GenerationRun
 from smartspec.builders.instructions import build_generator_instructions, build_tester_instructions
 from smartspec.builders.jobs import (
     SandboxRole,
@@ -87,7 +87,7 @@ async def _create_generator(
         raise ValueError("a generator Job before admission")
     attempt = action.attempt
     token = None
-    if run.spec.generator.backend is Backend.LLM:
+    if run.spec.generator.backend.calls_models:
         if not context.token_keys:
             # Admitted by an operator that had keys; wait for one that has them again.
             raise RetryLater("the operator has no run-token keys (SMARTSPEC_TOKEN_KEYS_FILE)", 60)
@@ -134,6 +134,7 @@ async def _create_generator(
         context.sandbox,
         instructions_secret=instructions_secret_name(name, attempt, SandboxRole.GENERATOR),
         deadline_seconds=run.spec.timeouts.attempt_seconds,
+        gateway_base_url=context.gateway_base_url,
     )
     if await _create(context.kube, f"/apis/batch/v1/namespaces/{namespace}/jobs", job):
         log.info("Created Job", job=job["metadata"]["name"], attempt=attempt)

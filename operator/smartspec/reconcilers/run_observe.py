@@ -28,8 +28,9 @@ from smartspec.api.sandbox import (
 )
 from smartspec.api.v1alpha1 import GROUP, VERSION
 from smartspec.api.v1alpha1.creditbudget import CreditBudget
-from smartspec.api.v1alpha1.generationrun import Backend, GenerationRun
-from smartspec.builders.jobs import LABEL_RUN_UID, local_model_for
+from smartspec.api.v1alpha1.generationrun import FailureKind, GenerationRun
+from smartspec.builders.agent_job import AGENT_CONTAINER
+from smartspec.builders.jobs import LABEL_RUN_UID, agent_image_allowed, local_model_for
 from smartspec.kube.client import KubeClient, NotFoundError
 from smartspec.logic.budget import model_allowed
 from smartspec.logic.naming import generator_job_name, test_job_name
@@ -59,12 +60,14 @@ log = get_logger(__name__)
 async def gather(run: GenerationRun, context: RunContext) -> Observations:
     namespace = run.metadata.namespace or ""
     local = local_model_for(run, context.sandbox)
+    agent = run.spec.generator.agent
     observations = Observations(
         spec=None,
         budget=None,
         jobs={},
         local_model_port=local.port if local is not None else None,
         run_tokens_configured=bool(context.token_keys),
+        agent_image_allowed=agent is None or agent_image_allowed(agent.image, context.sandbox),
     )
     status = run.status
     if status is None or status.pinned_spec is None:
@@ -120,7 +123,7 @@ async def _observe_spec(kube: KubeClient, namespace: str, name: str) -> SpecObse
 async def _observe_budget(
     kube: KubeClient, namespace: str, run: GenerationRun
 ) -> BudgetObservation | None:
-    if run.spec.generator.backend is not Backend.LLM:
+    if not run.spec.generator.backend.calls_models:
         return None
     path = f"{API}/namespaces/{namespace}/creditbudgets/{run.spec.budget_ref.name}"
     try:
@@ -148,10 +151,9 @@ async def observe_jobs(
         status = pod.get("status") or {}
         if job and status.get("phase") == "Running" and status.get("podIP"):
             pod_ips[job] = status["podIP"]
-        for container in status.get("containerStatuses") or []:
-            state = (container.get("state") or {}).get("terminated")
-            if job and state:
-                terminated[job] = state
+        state = _terminated(status)
+        if job and state:
+            terminated[job] = state
     observed: dict[str, JobObservation] = {}
     for job in jobs.get("items", []):
         name = job["metadata"]["name"]
@@ -160,6 +162,20 @@ async def observe_jobs(
             observation = replace(observation, pod_ip=pod_ips[name])
         observed[name] = observation
     return observed
+
+
+def _terminated(pod_status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The state that says how a sandbox pod ended: its main container's, else that of an
+    init container that failed (an agent pod's prepare step, or the agent's launcher)."""
+    for container in pod_status.get("containerStatuses") or []:
+        state = (container.get("state") or {}).get("terminated")
+        if state:
+            return dict(state)
+    for container in pod_status.get("initContainerStatuses") or []:
+        state = (container.get("state") or {}).get("terminated")
+        if state and state.get("exitCode") not in (0, None):
+            return {**state, "container": container.get("name")}
+    return None
 
 
 def sandbox_state(kind: str, body: Mapping[str, Any]) -> str:
@@ -197,13 +213,18 @@ def _job_observation(job: Mapping[str, Any], pod_state: Mapping[str, Any] | None
         reason = str(conditions["Failed"].get("reason", ""))
         if pod_state and pod_state.get("reason") == OOM_KILLED:
             reason = OOM_KILLED  # the memory limit ended it, whatever the Job controller says
+        kind = detail.kind if detail else None
+        if kind is None and pod_state and pod_state.get("container") == AGENT_CONTAINER:
+            # The launcher itself was killed: finish never ran to say more.
+            kind = FailureKind.AGENT_FAILED
+            message = f"the agent container ended with exit code {exit_code} before finish ran"
         return JobObservation(
             JobState.FAILED,
             exit_code=exit_code,
             reason=reason,
             message=message,
             refusal=detail.refusal if detail else None,
-            failure_kind=detail.kind if detail else None,
+            failure_kind=kind,
             feedback_sha256=detail.feedback_sha256 if detail else None,
         )
     if (job.get("spec") or {}).get("suspend"):

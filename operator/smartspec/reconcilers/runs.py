@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from smartspec.api.manifests import ManifestError, parse_manifest
 from smartspec.api.v1alpha1 import GROUP, VERSION, Resource
 from smartspec.api.v1alpha1.generationrun import (
+    GATEWAY_STATUS_KEYS,
     PLURAL,
     GenerationRun,
     GenerationRunStatus,
@@ -254,7 +255,8 @@ class RunReconciler:
         """Post the decision's Events, each named by the state the run is leaving, so that
         reconciles which start from the same status report a transition once."""
         before = (run.status or GenerationRunStatus()).to_wire()
-        before.pop("usage", None)  # the gateway's, and no part of the run's phase
+        for key in GATEWAY_STATUS_KEYS:  # the gateway's, and no part of the run's phase
+            before.pop(key, None)
         state = f"{run.metadata.generation}:{canonical_json(before).decode()}"
         for event in decision.events:
             await self.context.events.record(body, event, transition=state)
@@ -268,7 +270,7 @@ class RunReconciler:
         metadata = body["metadata"]
         path = f"{API}/namespaces/{metadata['namespace']}/{PLURAL}/{metadata['name']}"
         before = run.status.to_wire() if run.status is not None else {}
-        changes = status_changes(before, decision.status.to_wire(), others=frozenset({"usage"}))
+        changes = status_changes(before, decision.status.to_wire(), others=GATEWAY_STATUS_KEYS)
         patch: dict[str, Any] = {"status": changes}
         if run.status is None or run.status.usage is None:
             # Zero usage before any model call (a builtin run never makes one). The gateway

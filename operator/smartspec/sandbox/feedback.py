@@ -69,6 +69,10 @@ ADVICE = {
     FailureKind.ATTEMPT_TIMEOUT: "The attempt ran past its deadline.",
     FailureKind.SANDBOX_ERROR: "The sandbox could not finish the attempt.",
     FailureKind.GATEWAY_REFUSED: "The model call was refused.",
+    FailureKind.AGENT_FAILED: "The coding agent failed (its exit status is below) or wrote no "
+    "file. The files it left are below: finish the project from them.",
+    FailureKind.AGENT_TIMEOUT: "The coding agent ran out of time and was stopped. Work in "
+    "smaller steps; the files it left are below.",
 }
 
 

@@ -43,7 +43,15 @@ from .feedback import PreviousAttempt, credential_findings, read_previous_attemp
 from .instructions import load_role_instructions
 from .transfer import TransferError, upload
 
-__all__ = ["MAX_SNAPSHOT_BYTES", "build_manifest", "check_limits", "content_type", "main"]
+__all__ = [
+    "MAX_SNAPSHOT_BYTES",
+    "build_manifest",
+    "check_limits",
+    "content_type",
+    "failed_generation",
+    "main",
+    "publish",
+]
 
 PROGRAM = "smartspec-generator"
 MAX_REPORTED_FINDINGS = 20
@@ -75,6 +83,15 @@ def _generate(environ: Mapping[str, str] | None) -> Outcome:
     previous = _previous_attempt(instructions)
     try:
         generation = _run_backend(instructions, spec, previous)
+    except llm.GenerationFailed as failure:
+        raise failed_generation(instructions, failure) from None
+    return publish(instructions, generation)
+
+
+def publish(instructions: GeneratorInstructions, generation: Generation) -> Outcome:
+    """The end of every backend: check the limits, scan for credentials, upload each file,
+    then the manifest last; or the failure, with its feedback for the next attempt."""
+    try:
         check_limits(generation, instructions.limits)
         # Task descriptions come from the model too: they are scanned with the files.
         findings = credential_findings(generation.files, generation.tasks)
@@ -88,7 +105,7 @@ def _generate(environ: Mapping[str, str] | None) -> Outcome:
                 findings=tuple(findings),
             )
     except llm.GenerationFailed as failure:
-        raise _failed(instructions, failure) from None
+        raise failed_generation(instructions, failure) from None
     manifest = canonical_json(build_manifest(instructions, generation))
 
     total = 0
@@ -132,7 +149,9 @@ def _previous_attempt(instructions: GeneratorInstructions) -> PreviousAttempt | 
     return previous
 
 
-def _failed(instructions: GeneratorInstructions, failure: llm.GenerationFailed) -> ProgramExit:
+def failed_generation(
+    instructions: GeneratorInstructions, failure: llm.GenerationFailed
+) -> ProgramExit:
     """The program's end for a failed generation: the feedback document stored for the next
     attempt (when one can follow), and a result line that says which kind of failure."""
     backend = instructions.generator.backend.value
@@ -169,6 +188,11 @@ def _run_backend(
     instructions: GeneratorInstructions, spec: SpecSpec, previous: PreviousAttempt | None
 ) -> Generation:
     settings = instructions.generator
+    if settings.backend is Backend.AGENT:
+        raise llm.GenerationFailed(
+            FailureKind.SANDBOX_ERROR,
+            "the agent backend runs smartspec.sandbox.agent, not the generator program",
+        )
     if settings.backend is Backend.BUILTIN:
         try:
             generation = builtin.generate(spec)
@@ -227,8 +251,11 @@ def build_manifest(
         "spec": {"name": spec.name, "revision": spec.revision, "contentHash": spec.content_hash},
         "generator": {
             "backend": settings.backend.value,
-            "model": settings.model if settings.backend is Backend.LLM else None,
+            "model": settings.model if settings.backend.calls_models else None,
             "version": smartspec.__version__,
+            # Only an agent's manifest names its image: the others stay byte for byte as
+            # before (their digests are in attestations and replays).
+            **({"agentImage": settings.agent_image} if settings.agent_image else {}),
         },
         "files": [
             {

@@ -139,6 +139,10 @@ Answer with exactly ONE JSON object and nothing else: no prose, no Markdown. Its
 the ids of the requirements the file implements or tests (may be empty).
 - "tasks" lists one entry per file: what the file is for, and which requirements it serves.
 
+{rules}
+"""
+
+PROJECT_RULES = """\
 Rules:
 1. Implement the specification in {language}, using only the standard library plus the \
 dependencies the specification allows (constraints.allowedDependencies).
@@ -153,6 +157,7 @@ config.addinivalue_line("markers", "requirement(id): requirement a test demonstr
 {max_file_bytes} bytes, {max_total_bytes} bytes in total.
 6. Never write credentials, tokens, passwords or keys into any file, not even as examples.
 """
+"""What every backend that asks a model or an agent for a project tells it."""
 
 
 class GenerationFailed(Exception):  # noqa: N818 - the name the sandbox contract uses
@@ -399,17 +404,7 @@ def build_messages(
     feedback_max_bytes: int = DEFAULT_FEEDBACK_BYTES,
 ) -> list[ChatCompletionMessageParam]:
     """The system prompt and the user message (the spec, then the previous attempt)."""
-    constraints = spec.constraints
-    language = "Python"
-    if constraints is not None and constraints.language_version:
-        language += f" {constraints.language_version}"
-    system = (
-        SYSTEM_PROMPT.replace("{language}", language)
-        .replace("{marker}", _REQUIREMENT_MARKER)
-        .replace("{max_files}", str(limits.max_files))
-        .replace("{max_file_bytes}", str(limits.max_file_bytes))
-        .replace("{max_total_bytes}", str(limits.max_total_bytes))
-    )
+    system = SYSTEM_PROMPT.replace("{rules}", project_rules(spec, limits))
     user = (
         "The specification, as canonical JSON:\n"
         + canonical_json(spec.content()).decode("utf-8")
@@ -420,6 +415,21 @@ def build_messages(
     if previous is not None:
         user += "\n\n" + feedback_text(previous, feedback_max_bytes)
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def project_rules(spec: SpecSpec, limits: Limits) -> str:
+    """PROJECT_RULES with the spec's language and the upload limits filled in."""
+    constraints = spec.constraints
+    language = "Python"
+    if constraints is not None and constraints.language_version:
+        language += f" {constraints.language_version}"
+    return (
+        PROJECT_RULES.replace("{language}", language)
+        .replace("{marker}", _REQUIREMENT_MARKER)
+        .replace("{max_files}", str(limits.max_files))
+        .replace("{max_file_bytes}", str(limits.max_file_bytes))
+        .replace("{max_total_bytes}", str(limits.max_total_bytes))
+    ).rstrip()
 
 
 def _refusal(error: openai.APIStatusError) -> str:

@@ -11,6 +11,7 @@ sandbox programs, the builders and the run reconciler all import them from here.
 from __future__ import annotations
 
 from .documents import (
+    AGENT_STATUS_FORMAT,
     GENERATION_FEEDBACK_FORMAT,
     MANIFEST_FORMAT,
     MAX_FILES,
@@ -18,6 +19,7 @@ from .documents import (
     SESSION_FAILURE,
     SHA256_PATTERN,
     URL_PATTERN,
+    AgentStatus,
     ContractModel,
     CredentialFinding,
     DocumentRef,
@@ -51,6 +53,12 @@ from .documents import (
     describe_validation_error,
 )
 from .paths import (
+    AGENT_INPUT_DIR,
+    AGENT_SPEC_FILE,
+    AGENT_STATUS_DIR,
+    AGENT_STATUS_FILE,
+    AGENT_TASK_FILE,
+    AGENT_TIMED_OUT_FILE,
     FILES_PREFIX,
     GENERATION_FEEDBACK_KEY,
     INSTRUCTIONS_ENV,
@@ -71,6 +79,13 @@ from .results import (
 )
 
 __all__ = [
+    "AGENT_INPUT_DIR",
+    "AGENT_SPEC_FILE",
+    "AGENT_STATUS_DIR",
+    "AGENT_STATUS_FILE",
+    "AGENT_STATUS_FORMAT",
+    "AGENT_TASK_FILE",
+    "AGENT_TIMED_OUT_FILE",
     "FILES_PREFIX",
     "GENERATION_FEEDBACK_FORMAT",
     "GENERATION_FEEDBACK_KEY",
@@ -88,6 +103,7 @@ __all__ = [
     "SHA256_PATTERN",
     "TESTER_MODULES",
     "URL_PATTERN",
+    "AgentStatus",
     "ContractModel",
     "CredentialFinding",
     "DocumentRef",

@@ -94,6 +94,27 @@ class GeneratorSettings(ContractModel):
     output_format: OutputFormat = OutputFormat.AUTO
     repair_turns: int = Field(default=1, ge=0, le=MAX_REPAIR_TURNS, strict=True)
     feedback_max_bytes: int = Field(default=65_536, ge=1_024, le=1_048_576, strict=True)
+    agent_image: str | None = Field(default=None, min_length=1, max_length=512)
+    """The agent backend's image (for the manifest); set only for that backend."""
+
+
+AGENT_STATUS_FORMAT = "smartspec.dev/agent-status/v1"
+
+
+class AgentStatus(ContractModel):
+    """How the coding agent ended, as its launcher recorded it (CORE-004, "Agent backend").
+
+    The agent runs as the same user and could rewrite this file: it only chooses the failure
+    kind reported; the files are scanned and tested whatever it says."""
+
+    format: Literal["smartspec.dev/agent-status/v1"]
+    exit_code: int = Field(ge=0, le=255, strict=True)
+    """The agent's exit status; 128+N when signal N ended it."""
+    timed_out: bool
+    """The launcher's watchdog stopped it at its timeout."""
+    started_at: int = Field(ge=0, strict=True)
+    """Unix seconds (0 when the image has no `date`)."""
+    finished_at: int = Field(ge=0, strict=True)
 
 
 class GatewayAccess(ContractModel):
@@ -176,11 +197,12 @@ class GeneratorInstructions(ContractModel):
 
     @model_validator(mode="after")
     def _backend_matches_gateway(self) -> GeneratorInstructions:
-        if self.generator.backend is Backend.LLM:
+        backend = self.generator.backend
+        if backend.calls_models:
             if self.gateway is None:
-                raise ValueError("gateway is required for the llm backend")
+                raise ValueError(f"gateway is required for the {backend.value} backend")
             if self.generator.model is None:
-                raise ValueError("generator.model is required for the llm backend")
+                raise ValueError(f"generator.model is required for the {backend.value} backend")
         elif self.gateway is not None:
             # The builtin backend calls no model, so it must not be handed a run token.
             raise ValueError("gateway must be null for the builtin backend")
@@ -250,6 +272,8 @@ class ManifestGenerator(ContractModel):
     backend: Backend
     model: str | None
     version: str
+    agent_image: str | None = None
+    """The agent backend's image, as the run named it."""
 
 
 class ManifestFile(ContractModel):

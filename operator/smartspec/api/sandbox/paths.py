@@ -10,6 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 __all__ = [
+    "AGENT_INPUT_DIR",
+    "AGENT_SPEC_FILE",
+    "AGENT_STATUS_DIR",
+    "AGENT_STATUS_FILE",
+    "AGENT_TASK_FILE",
+    "AGENT_TIMED_OUT_FILE",
     "FILES_PREFIX",
     "GENERATION_FEEDBACK_KEY",
     "INSTRUCTIONS_ENV",
@@ -39,6 +45,20 @@ INSTRUCTIONS_ENV = "SMARTSPEC_INSTRUCTIONS"
 """The instructions as one JSON string, when no file is named."""
 REQUIREMENT_REPORT_ENV = "SMARTSPEC_REQUIREMENT_REPORT"
 """Where the tester's pytest plugin writes each test's requirement markers."""
+
+# The agent backend's workspace (CORE-004, "Agent backend"), relative to the workspace root:
+AGENT_INPUT_DIR = ".smartspec"
+"""What prepare writes for the agent; a dot directory, so finish never collects it."""
+AGENT_TASK_FILE = f"{AGENT_INPUT_DIR}/task.md"
+"""The agent's instructions: the rules, the rendered spec, the previous attempt's feedback."""
+AGENT_SPEC_FILE = f"{AGENT_INPUT_DIR}/spec.json"
+"""The pinned Spec revision as canonical JSON (the hash-checked snapshot's content)."""
+AGENT_STATUS_DIR = "/var/run/smartspec-agent"
+"""A volume shared by the agent's launcher (writes) and finish (reads), not the workspace."""
+AGENT_STATUS_FILE = "status.json"
+"""The launcher's record of how the agent ended, written last by an atomic rename."""
+AGENT_TIMED_OUT_FILE = "timed-out"
+"""Created by the launcher's watchdog before it stops the agent."""
 
 MAX_PATH_LENGTH = 512
 

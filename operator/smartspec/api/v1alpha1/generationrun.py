@@ -15,6 +15,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from smartspec.api.gateway import RefusalCode
+
 from .common import (
     AGE_COLUMN,
     CONDITIONS_LIST_SCHEMA,
@@ -75,6 +77,8 @@ class Reason(StrEnum):
     RUN_CAP_REACHED = "RunCapReached"
     """The run's own cap (maxCredits or the budget's perRunLimitCredits) is spent."""
     MODEL_NOT_ALLOWED = "ModelNotAllowed"
+    AGENT_IMAGE_NOT_ALLOWED = "AgentImageNotAllowed"
+    """The run's agent image matches none of the operator's allowed patterns."""
     GENERATING = "Generating"
     GENERATED = "Generated"
     TESTING = "Testing"
@@ -108,6 +112,14 @@ class Backend(StrEnum):
     """A model called through the SmartSpec LLM gateway."""
     BUILTIN = "builtin"
     """A deterministic generator for entity/endpoint specs; no model, zero credits."""
+    AGENT = "agent"
+    """A coding agent's image (Aider, OpenCode, ...) run in the generator sandbox; its model
+    calls go through the gateway with the run token (CORE-004, "Agent backend")."""
+
+    @property
+    def calls_models(self) -> bool:
+        """Whether the backend calls models: it needs a run token, a budget and a model."""
+        return self is not Backend.BUILTIN
 
 
 class SpecReference(WireModel):
@@ -131,6 +143,82 @@ class OutputFormat(StrEnum):
 
 
 MAX_REPAIR_TURNS = 5
+MAX_AGENT_ARGS = 64
+MAX_AGENT_ENV = 64
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+RESERVED_AGENT_ENV = (
+    "OPENAI_BASE_URL",
+    "OPENAI_API_BASE",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "HOME",
+    "TMPDIR",
+)
+"""Set by the operator in the agent's container; a run may not override them."""
+RESERVED_AGENT_ENV_PREFIX = "SMARTSPEC_"
+SECRET_LOOKING_ENV = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+"""Words in an env name that say it holds a secret: a run's env is stored in the run object
+for anyone who can read it, so a secret never belongs there (the gateway holds the keys)."""
+
+
+AgentArgument = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class EnvVar(WireModel):
+    """One environment variable of the agent's container (a literal, non-secret value)."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=ENV_NAME_PATTERN)
+    """Variable name."""
+    value: str = Field(default="", max_length=4096)
+    """Literal value; $(NAME) references expand as in any container's env."""
+
+
+class AgentSettings(WireModel):
+    """The coding agent run as the generator when backend is agent (CORE-004, "Agent
+    backend"): the operator adds the gateway's URLs, the run token and the workspace."""
+
+    image: str = Field(min_length=1, max_length=512)
+    """Image holding the agent CLI; it needs /bin/sh (the launcher is a POSIX shell script)."""
+    command: list[AgentArgument] = Field(min_length=1, max_length=MAX_AGENT_ARGS)
+    """The agent's executable and leading arguments; $(SMARTSPEC_MODEL),
+    $(SMARTSPEC_TASK_FILE), $(OPENAI_BASE_URL) and the other env names expand."""
+    args: list[AgentArgument] = Field(default_factory=list, max_length=MAX_AGENT_ARGS)
+    """More arguments, after command."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=MAX_AGENT_ENV)
+    """Non-secret environment: no name that says KEY, TOKEN, SECRET, PASSWORD or CREDENTIAL,
+    none of the names the operator sets, nothing starting SMARTSPEC_."""
+    timeout_seconds: int = Field(default=900, ge=30, le=86400, strict=True)
+    """The agent is stopped (TERM, then KILL after 10 s) past this, and the attempt fails
+    with AgentTimeout, keeping what it wrote for the next attempt; the attempt's own
+    deadline still bounds it."""
+
+    @model_validator(mode="after")
+    def _env_is_not_ours_nor_secret(self) -> AgentSettings:
+        for index, variable in enumerate(self.env):
+            problem = agent_env_problem(variable.name)
+            if problem is not None:
+                raise ValueError(f"generator.agent.env[{index}] ({variable.name}): {problem}")
+        names = [variable.name for variable in self.env]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"generator.agent.env names {', '.join(duplicates)} more than once")
+        return self
+
+
+def agent_env_problem(name: str) -> str | None:
+    """Why a run may not set this env name for its agent, or None."""
+    upper = name.upper()
+    if upper in RESERVED_AGENT_ENV or upper.startswith(RESERVED_AGENT_ENV_PREFIX):
+        return "set by the operator; a run cannot override it"
+    for word in SECRET_LOOKING_ENV:
+        if word in upper:
+            return (
+                f"the name says it holds a secret ({word}); secrets never go in a run: the "
+                "agent reaches models through the gateway with the run token"
+            )
+    return None
 
 
 class GeneratorSettings(WireModel):
@@ -153,20 +241,33 @@ class GeneratorSettings(WireModel):
     ledgered like any call) before the attempt counts as failed."""
     feedback_max_bytes: int = Field(default=65_536, ge=1_024, le=1_048_576, strict=True)
     """Bytes of failure detail and previous files the next attempt's prompt may carry."""
+    agent: AgentSettings | None = None
+    """The coding agent; required when backend is agent, refused otherwise."""
 
     CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
-            rule="self.backend != 'llm' || has(self.model)",
-            message="generator.model is required when generator.backend is llm",
+            rule="self.backend == 'builtin' || has(self.model)",
+            message="generator.model is required when generator.backend is llm or agent",
             field_path=".model",
             reason="FieldValueRequired",
+        ),
+        CelRule(
+            rule="(self.backend == 'agent') == has(self.agent)",
+            message="generator.agent is required when generator.backend is agent, and only then",
+            field_path=".agent",
         ),
     )
 
     @model_validator(mode="after")
-    def _llm_needs_model(self) -> GeneratorSettings:
-        if self.backend is Backend.LLM and self.model is None:
-            raise ValueError("generator.model is required when generator.backend is llm")
+    def _backend_needs(self) -> GeneratorSettings:
+        if self.backend.calls_models and self.model is None:
+            raise ValueError(
+                f"generator.model is required when generator.backend is {self.backend.value}"
+            )
+        if (self.backend is Backend.AGENT) != (self.agent is not None):
+            raise ValueError(
+                "generator.agent is required when generator.backend is agent, and only then"
+            )
         return self
 
 
@@ -310,6 +411,10 @@ class FailureKind(StrEnum):
     """A sandbox Job ran past the attempt's deadline."""
     SANDBOX_ERROR = "SandboxError"
     """A sandbox program ended without its result: it crashed, or storage failed."""
+    AGENT_FAILED = "AgentFailed"
+    """The coding agent exited non-zero, was killed, or wrote no file."""
+    AGENT_TIMEOUT = "AgentTimeout"
+    """The coding agent ran past generator.agent.timeoutSeconds and was stopped."""
 
 
 class AttemptResult(StrEnum):
@@ -447,8 +552,27 @@ class Retention(WireModel):
     """Bytes deleted."""
 
 
+class GatewayRefusal(WireModel):
+    """The latest refusal of this run's model calls on the budget or policy, recorded by the
+    gateway before it answers (an agent's own handling of the error is not trusted to say)."""
+
+    attempt: int = Field(ge=1, le=MAX_ATTEMPTS)
+    """The attempt whose call was refused."""
+    code: RefusalCode
+    """budget_exhausted, run_cap_reached, budget_not_found or model_not_allowed."""
+    message: str = Field(max_length=1024)
+    """The refusal's message, figures included."""
+    time: AwareDatetime
+    """When the gateway refused."""
+
+
+GATEWAY_STATUS_KEYS = frozenset({"usage", "refusal"})
+"""The status keys the gateway writes; the run reconciler never sends them."""
+
+
 class GenerationRunStatus(WireModel):
-    """Observed state of a run. usage is written by the gateway, the rest by the run reconciler."""
+    """Observed state of a run. usage and refusal are written by the gateway, the rest by the
+    run reconciler."""
 
     observed_generation: int | None = Field(default=None, ge=0)
     """The .metadata.generation the status describes."""
@@ -469,6 +593,8 @@ class GenerationRunStatus(WireModel):
     """The Spec revision fixed at admission."""
     usage: Usage | None = None
     """Model calls, tokens and credits (gateway-written)."""
+    refusal: GatewayRefusal | None = None
+    """The latest budget or policy refusal of the run's calls (gateway-written)."""
     artifacts: Artifacts | None = None
     """Generated code of the latest attempt."""
     evidence: Evidence | None = None
