@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from smartspec.api.gateway import RefusalCode
+from smartspec.api.gateway import Constraint, RefusalCode
 from smartspec.api.sandbox import AGENT_STATUS_DIR
 from smartspec.api.v1alpha1 import GenerationRun
 from smartspec.api.v1alpha1.generationrun import FailureKind
@@ -36,8 +36,12 @@ from smartspec.builders.jobs import (
     build_network_policy,
     instructions_secret_name,
 )
+from smartspec.gateway.runs import RunCache
+from smartspec.kube.client import KubeError
 from smartspec.logic.conditions import find_condition
+from smartspec.logic.refusals import Refusal
 from smartspec.logic.run_machine import JobObservation, JobState
+from smartspec.logic.run_tokens import RunTokenClaims
 from smartspec.reconcilers.run_observe import observe_jobs
 from unit.test_jobs import BASE_SETTINGS, load_run, restricted_violations
 from unit.test_run_machine import GEN_OK, report, seen, step
@@ -327,3 +331,58 @@ def test_only_images_a_platform_admin_allows_run_as_agents() -> None:
     assert condition.reason == "AgentImageNotAllowed"
     assert "registry.example/agents/aider:0.86.1" in condition.message
     assert decision.actions == []
+
+
+# ---------------------------------------------------------------- the gateway's record
+
+
+class _RunStatusWrites:
+    """A KubeClient's merge_patch: records each write, or fails every one."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.writes: list[tuple[str, dict[str, Any]]] = []
+        self.fail = fail
+
+    async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.fail:
+            raise KubeError(503, "ServiceUnavailable", "the API server is away")
+        self.writes.append((path, body))
+        return {}
+
+
+def claims(attempt: int = 1) -> RunTokenClaims:
+    return RunTokenClaims(
+        namespace="team-a",
+        run="todo-api-llm",
+        run_uid="uid-1",
+        attempt=attempt,
+        budget="default",
+        spec_revision=1,
+        expires_at=2_000_000_000,
+    )
+
+
+async def test_the_gateway_writes_a_refusal_on_the_run_once_per_attempt_and_code() -> None:
+    kube = _RunStatusWrites()
+    cache = RunCache(kube, ttl_seconds=5)  # type: ignore[arg-type]
+    exhausted = Refusal(RefusalCode.BUDGET_EXHAUSTED, Constraint.BUDGET_REMAINING, "12 left")
+    for _ in range(9):  # an agent retrying the refused call
+        await cache.record_refusal(claims(), exhausted)
+    assert len(kube.writes) == 1
+    path, body = kube.writes[0]
+    assert path.endswith("/namespaces/team-a/generationruns/todo-api-llm/status")
+    assert body["metadata"] == {"uid": "uid-1"}, "a re-created run of that name is not written"
+    assert body["status"]["refusal"]["attempt"] == 1
+    assert body["status"]["refusal"]["code"] == "budget_exhausted"
+    assert body["status"]["refusal"]["message"] == "12 left"
+    capped = Refusal(RefusalCode.RUN_CAP_REACHED, Constraint.RUN_CAP, "cap")
+    await cache.record_refusal(claims(), capped)
+    await cache.record_refusal(claims(attempt=2), exhausted)
+    assert [w[1]["status"]["refusal"]["code"] for w in kube.writes] == [
+        "budget_exhausted",
+        "run_cap_reached",
+        "budget_exhausted",
+    ]
+    broken = RunCache(_RunStatusWrites(fail=True), ttl_seconds=5)  # type: ignore[arg-type]
+    await broken.record_refusal(claims(), exhausted)  # logged, not raised: the refusal stands
+    assert broken.recorded_refusals == {}, "tried again on the next refusal"
