@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,7 @@ def test_aider_writes_the_project_its_tests_pass_and_its_streamed_call_is_charge
 
     usage = wait_for(usage_flushed, "the run's usage from the gateway")
     assert usage["credits"] == settled.credits
+    print(f"aider run: {seconds(run)} s from POST to Succeeded, {settled.credits} credits")
 
 
 def test_a_budget_cut_while_aider_streams_stops_it_at_its_second_call(
@@ -250,3 +252,14 @@ def test_a_budget_cut_while_aider_streams_stops_it_at_its_second_call(
     report = verify_budget_ledger(store, budget_status)
     assert report.ok, report.problems
     assert budget_status.spent_credits == settled.credits
+    print(
+        f"aider budget cut: {seconds(run)} s from POST to Failed, {len(refused)} refusals, "
+        f"{settled.credits} credits for the one call that went through"
+    )
+
+
+def seconds(run: dict[str, Any]) -> int:
+    """From the run's creation to its completion, as the API server recorded them."""
+    created = datetime.fromisoformat(run["metadata"]["creationTimestamp"])
+    done = datetime.fromisoformat(run["status"]["completionTime"])
+    return int((done - created).total_seconds())

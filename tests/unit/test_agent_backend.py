@@ -43,7 +43,8 @@ from smartspec.logic.refusals import Refusal
 from smartspec.logic.run_machine import JobObservation, JobState
 from smartspec.logic.run_tokens import RunTokenClaims
 from smartspec.reconcilers.run_observe import observe_jobs
-from unit.test_jobs import BASE_SETTINGS, load_run, restricted_violations
+from unit.test_crds import CRDS, cel_violations
+from unit.test_jobs import BASE_SETTINGS, load_run, restricted_violations, run_document
 from unit.test_run_machine import GEN_OK, report, seen, step
 
 GATEWAY = "http://smartspec-gateway.smartspec.svc:8000/v1"
@@ -386,3 +387,26 @@ async def test_the_gateway_writes_a_refusal_on_the_run_once_per_attempt_and_code
     broken = RunCache(_RunStatusWrites(fail=True), ttl_seconds=5)  # type: ignore[arg-type]
     await broken.record_refusal(claims(), exhausted)  # logged, not raised: the refusal stands
     assert broken.recorded_refusals == {}, "tried again on the next refusal"
+
+
+def test_the_api_server_refuses_our_env_names_and_secret_looking_ones() -> None:
+    document = run_document("generationrun-llm.yaml")
+    document["spec"]["generator"] = {
+        "backend": "agent",
+        "model": "stub-model",
+        "agent": {
+            **AGENT,
+            "env": [
+                {"name": "openai_base_url", "value": "x"},
+                {"name": "GH_TOKEN", "value": "y"},
+                {"name": "AIDER_YES_ALWAYS", "value": "true"},
+            ],
+        },
+    }
+    assert cel_violations(CRDS["GenerationRun"], document) == [
+        "generator.agent.env: this name is set by the operator; a run cannot override it",
+        "generator.agent.env: the name says it holds a secret; secrets never go in a run (the "
+        "agent reaches models through the gateway with the run token)",
+    ]
+    document["spec"]["generator"]["agent"]["env"] = [{"name": "AIDER_YES_ALWAYS", "value": "1"}]
+    assert cel_violations(CRDS["GenerationRun"], document) == []

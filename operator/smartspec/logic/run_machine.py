@@ -470,23 +470,16 @@ def _advance_testing(
         decision.events.append(EventRecord("Normal", Reason.TESTS_PASSED, message))
         return
     kind, message = _test_failure(job, report)
+    message = f"attempt {attempt.number}: {message}"
     refusal = refusal_of_attempt(run, attempt.number)
-    if refusal is not None:
-        # The budget or its policy refused a call of this attempt (an agent may go on to
-        # its tests regardless): another attempt would be refused too.
-        message += f"; the gateway refused one of its calls ({refusal.value})"
-        reason = REFUSAL_REASONS[refusal]
-        _attempt_failed(
-            run,
-            now,
-            decision,
-            kind,
-            f"attempt {attempt.number}: {message}",
-            reason=reason,
-            retry=False,
-        )
+    if refusal is None:
+        _attempt_failed(run, now, decision, kind, message)
         return
-    _attempt_failed(run, now, decision, kind, f"attempt {attempt.number}: {message}")
+    # The budget or its policy refused a call of this attempt (an agent may go on to its
+    # tests regardless): another attempt would be refused too.
+    message += f"; the gateway refused one of its calls ({refusal.value})"
+    reason = REFUSAL_REASONS[refusal]
+    _attempt_failed(run, now, decision, kind, message, reason=reason, retry=False)
 
 
 def refusal_of_attempt(run: GenerationRun, number: int) -> RefusalCode | None:

@@ -174,6 +174,25 @@ class EnvVar(WireModel):
     value: str = Field(default="", max_length=4096)
     """Literal value; $(NAME) references expand as in any container's env."""
 
+    # The API server refuses them at apply time; agent_env_problem says the same to the
+    # operator, which also reads runs admitted before these rules.
+    CEL_RULES: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="!self.name.matches('(?i)^("
+            + "|".join([*RESERVED_AGENT_ENV, RESERVED_AGENT_ENV_PREFIX + ".*"])
+            + ")$')",
+            message="generator.agent.env: this name is set by the operator; a run cannot "
+            "override it",
+            field_path=".name",
+        ),
+        CelRule(
+            rule="!self.name.matches('(?i)(" + "|".join(SECRET_LOOKING_ENV) + ")')",
+            message="generator.agent.env: the name says it holds a secret; secrets never go "
+            "in a run (the agent reaches models through the gateway with the run token)",
+            field_path=".name",
+        ),
+    )
+
 
 class AgentSettings(WireModel):
     """The coding agent run as the generator when backend is agent (CORE-004, "Agent
@@ -186,7 +205,11 @@ class AgentSettings(WireModel):
     $(SMARTSPEC_TASK_FILE), $(OPENAI_BASE_URL) and the other env names expand."""
     args: list[AgentArgument] = Field(default_factory=list, max_length=MAX_AGENT_ARGS)
     """More arguments, after command."""
-    env: list[EnvVar] = Field(default_factory=list, max_length=MAX_AGENT_ENV)
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=MAX_AGENT_ENV,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     """Non-secret environment: no name that says KEY, TOKEN, SECRET, PASSWORD or CREDENTIAL,
     none of the names the operator sets, nothing starting SMARTSPEC_."""
     timeout_seconds: int = Field(default=900, ge=30, le=86400, strict=True)
