@@ -88,14 +88,15 @@ class Agents:
     stub: StubServer
     s3: S3Endpoint
 
-    def run(self, name: str, budget: str = "default") -> None:
+    def run(self, name: str, **agent: Any) -> None:
+        """The example's Aider run (its agent fields replaced by `agent`), two attempts."""
         document: dict[str, Any] = yaml.safe_load(
             (EXAMPLES / "agents" / "aider" / "generationrun.yaml").read_text()
         )
         document["metadata"]["name"] = name
         spec = document["spec"]
         spec["generator"]["model"] = "stub-model"
-        spec["budgetRef"] = {"name": budget}
+        spec["generator"]["agent"].update(agent)
         spec["maxAttempts"] = 2
         del spec["maxCredits"]
         self.cluster.rest("builder").post(f"{API}/{self.namespace}/generationruns", document)
@@ -263,3 +264,32 @@ def seconds(run: dict[str, Any]) -> int:
     created = datetime.fromisoformat(run["metadata"]["creationTimestamp"])
     done = datetime.fromisoformat(run["status"]["completionTime"])
     return int((done - created).total_seconds())
+
+
+# Attempt 1 writes a file and fails; attempt 2 finds it restored and hangs past its timeout.
+# No $(...) in it: the kubelet would expand that.
+FAILING_AGENT = (
+    "if [ -e todo.py ]; then echo 'todo.py is back; thinking forever'; sleep 300; "
+    "else printf 'def create(title):\\n    return title\\n' > todo.py; "
+    "echo 'giving up' >&2; exit 7; fi"
+)
+
+
+def test_an_agent_that_fails_then_hangs_ends_each_attempt_with_its_kind(agents: Agents) -> None:
+    """The same image, another command: exit 7 after writing a file (AgentFailed, the file
+    fed back), then stopped at its 30 s timeout (AgentTimeout). No model call is made."""
+    create_budget(agents.cluster, agents.namespace, 50_000_000)
+    agents.run("todo-agent-fails", command=["sh", "-c", FAILING_AGENT], args=[], timeoutSeconds=30)
+    run = agents.finished("todo-agent-fails")
+    status = run["status"]
+    assert status["phase"] == "Failed", json.dumps(status, indent=1)[:4000]
+    first, second = status["attempts"]
+    assert first["failureKind"] == "AgentFailed"
+    assert "the agent exited 7" in first["message"]
+    assert second["failureKind"] == "AgentTimeout", "attempt 2 found attempt 1's file"
+    assert "stopped at its timeout" in second["message"]
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "AgentTimeout"
+    assert agents.stub.requests == []
+    assert status["usage"]["credits"] == 0
+    print(f"failing agent: {seconds(run)} s from POST to Failed over two attempts")

@@ -161,6 +161,10 @@ def test_the_agent_stops_early_enough_for_finish_to_upload() -> None:
     agent = job["spec"]["template"]["spec"]["initContainers"][1]
     env = {item["name"]: item.get("value") for item in agent["env"]}
     assert env["SMARTSPEC_AGENT_TIMEOUT_SECONDS"] == str(900 - FINISH_RESERVE_SECONDS)
+    short = agent_job(agent_run(timeoutSeconds=3600), deadline=60)
+    agent = short["spec"]["template"]["spec"]["initContainers"][1]
+    env = {item["name"]: item.get("value") for item in agent["env"]}
+    assert env["SMARTSPEC_AGENT_TIMEOUT_SECONDS"] == "45", "a quarter of a short deadline"
 
 
 def test_an_agent_job_needs_the_gateway_url_and_its_secret_the_token() -> None:

@@ -39,7 +39,8 @@ AGENT_FINISH_COMMAND = ("python", "-m", "smartspec.sandbox.agent", "finish")
 RUN_TOKEN_KEY = "run-token"  # noqa: S105 (a Secret key name, not a secret)
 """The instructions Secret's key holding the run token alone, for the agent's env."""
 FINISH_RESERVE_SECONDS = 120
-"""Left of the Job's deadline after the agent's timeout, for finish to scan and upload."""
+"""Left of the Job's deadline after the agent's timeout, for finish to scan and upload (at
+most a quarter of the deadline)."""
 KILL_GRACE_SECONDS = 10
 STATUS_SIZE_LIMIT = "1Mi"
 
@@ -77,8 +78,9 @@ exit 0
 
 def agent_timeout_seconds(agent: AgentSettings, deadline_seconds: int) -> int:
     """The agent's own limit: its timeoutSeconds, but short enough that finish still runs
-    before the Job's deadline kills the pod."""
-    return max(1, min(agent.timeout_seconds, deadline_seconds - FINISH_RESERVE_SECONDS))
+    before the Job's deadline kills the pod (a quarter of a short deadline is kept for it)."""
+    reserve = min(FINISH_RESERVE_SECONDS, deadline_seconds // 4)
+    return max(1, min(agent.timeout_seconds, deadline_seconds - reserve))
 
 
 def add_agent(
